@@ -1,0 +1,3 @@
+"""nndose: auto-configuring 3D radiotherapy dose prediction."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Console entry points (thin wrappers; the work lives in the library modules)."""

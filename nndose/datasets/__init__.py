@@ -1,0 +1,1 @@
+"""Dataset builders: OpenKBP conversion/export and the built-in phantom generator."""

@@ -1,0 +1,132 @@
+"""The built-in phantom dataset: four sites, many prescriptions and beam arrangements, no download.
+
+`generate_phantom_dataset` writes a raw dataset (casesTr + casesTs, each with CT, planned dose,
+structures and plan.json); the dose comes from `phantom_dose_engine`. Deterministic for a seed.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from nndose.datasets.phantom_anatomy import BODY, ORGANS, SITES, TARGETS, make_anatomy
+from nndose.datasets.phantom_dose_engine import STYLES, PlanningStyle, compute_dose
+from nndose.io.atomic import atomic_write_json, staged_directory
+from nndose.io.plan_file import Arc, Machine, Prescription, StaticBeam, TreatmentPlan
+from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, DatasetInfo
+from nndose.io.volumes import write_volume
+
+MACHINES = (Machine("generic_6MV", 1000.0, 6.0), Machine("generic_10MV", 1000.0, 10.0),
+            Machine("compact_6MV", 800.0, 6.0))
+
+# Per site: (probability, [(structure, dose_gy, fractions), ...]); SIB schemes list two targets.
+_PRESCRIPTIONS = {
+    "head_neck": [(0.45, [("PTV_high", 70.0, 35), ("PTV_low", 56.0, 35)]),
+                  (0.2, [("PTV_high", 66.0, 30), ("PTV_low", 54.0, 30)]),
+                  (0.2, [("PTV_high", 60.0, 30)]), (0.15, [("PTV_high", 20.0, 5)])],
+    "prostate": [(0.3, [("PTV_high", 78.0, 39)]), (0.25, [("PTV_high", 80.0, 40), ("PTV_low", 60.0, 40)]),
+                 (0.25, [("PTV_high", 60.0, 20)]), (0.2, [("PTV_high", 36.25, 5)])],
+    "lung": [(0.35, [("PTV_high", 60.0, 30)]), (0.25, [("PTV_high", 60.0, 25), ("PTV_low", 50.0, 25)]),
+             (0.25, [("PTV_high", 50.0, 5)]), (0.15, [("PTV_high", 8.0, 1)])],
+    "liver": [(0.4, [("PTV_high", 45.0, 15)]), (0.25, [("PTV_high", 50.0, 5)]),
+              (0.2, [("PTV_high", 54.0, 18), ("PTV_low", 45.0, 18)]), (0.15, [("PTV_high", 2.0, 1)])],
+}
+_MODALITY_P = {"head_neck": (0.5, 0.4, 0.1), "prostate": (0.4, 0.35, 0.25), "lung": (0.35, 0.35, 0.3),
+               "liver": (0.35, 0.35, 0.3)}  # IMRT, VMAT, 3D-CRT
+
+
+def _choose(rng, options):
+    p = np.array([o[0] for o in options])
+    return options[rng.choice(len(options), p=p / p.sum())][1]
+
+
+def _beams(site: str, modality: str, rng: np.random.Generator, side: float):
+    if modality == "VMAT":
+        if site == "lung" and rng.uniform() < 0.5:  # partial arc on the tumour's side
+            start = 181.0 if side < 0 else 0.0
+            arcs = [Arc(start, (start + 179.0) % 360.0, "CW")]
+        else:
+            arcs = [Arc(181.0, 179.0, "CW")]
+        if rng.uniform() < 0.5:
+            arcs.append(Arc(179.0, 181.0, "CCW", collimator_deg=float(rng.choice([30.0, 330.0]))))
+        return [], arcs
+    if modality == "3D-CRT":
+        fields = {"head_neck": [90.0, 270.0], "prostate": [0.0, 90.0, 180.0, 270.0],
+                  "lung": [0.0, 180.0, 150.0 if side < 0 else 210.0],
+                  "liver": [0.0, 180.0, 270.0]}[site]
+        return [StaticBeam(g) for g in fields], []
+    n = int(rng.choice([5, 7, 9]))
+    start = float(rng.uniform(0, 360.0 / n))
+    beams = [StaticBeam(round((start + k * 360.0 / n) % 360.0, 1)) for k in range(n)]
+    if site == "head_neck" and rng.uniform() < 0.3:  # a non-coplanar vertex-ish beam
+        beams.append(StaticBeam(30.0, couch_deg=270.0))
+    return beams, []
+
+
+def make_case(index: int, seed: int, style: PlanningStyle, site: str | None = None):
+    """(anatomy, plan, dose) of phantom `index`; sites cycle so every site is represented."""
+    rng = np.random.default_rng([seed, index])
+    site = site or SITES[index % len(SITES)]
+    scheme = _choose(rng, _PRESCRIPTIONS[site])
+    anatomy = make_anatomy(site, rng, sib=len(scheme) > 1)
+    rx = [Prescription(s, d, f) for s, d, f in scheme if s in anatomy.structures]
+    tmask = np.zeros(anatomy.grid.shape_zyx, bool)
+    for p in rx:
+        tmask |= anatomy.structures[p.structure]
+    iso = anatomy.grid.index_to_physical(np.argwhere(tmask).mean(0))
+    modality = ("IMRT", "VMAT", "3D-CRT")[rng.choice(3, p=_MODALITY_P[site])]
+    beams, arcs = _beams(site, modality, rng, float(np.sign(anatomy.target_center[0])))
+    machine = MACHINES[rng.choice(len(MACHINES), p=[0.6, 0.25, 0.15])]
+    plan = TreatmentPlan(site, modality, machine, tuple(rx), tuple(round(float(c), 2) for c in iso),
+                         tuple(beams), tuple(arcs))
+    kinds = {**{t: "target" for t in TARGETS}, **{o: "oar" for o in ORGANS}, BODY: "body"}
+    dose = compute_dose(anatomy.ct, anatomy.grid, anatomy.structures, kinds, plan, style, seed=index)
+    return anatomy, plan, dose
+
+
+def phantom_dataset_info(name: str, num_training: int, style: PlanningStyle) -> DatasetInfo:
+    structures = {**{t: "target" for t in TARGETS}, **{o: "oar" for o in ORGANS}, BODY: "body"}
+    return DatasetInfo(name, structures, ".nii.gz", num_training,
+                       "nndose built-in phantoms: head_neck, prostate, lung, liver; IMRT, VMAT, 3D-CRT; "
+                       f"analytic dose engine, planning style '{style.name}'",
+                       {"licence": "Apache-2.0", "source": "nndose_generate_phantoms"})
+
+
+def _write_case(args, folder: Path, seed: int, style: PlanningStyle) -> str:
+    index, split, name = args
+    anatomy, plan, dose = make_case(index, seed, style)
+    case = folder / split / name
+    (case / "structures").mkdir(parents=True)
+    write_volume(case / "ct.nii.gz", anatomy.ct.astype(np.int16), anatomy.grid)
+    write_volume(case / "dose.nii.gz", dose, anatomy.grid)
+    for s, mask in anatomy.structures.items():
+        write_volume(case / "structures" / f"{s}.nii.gz", mask.astype(np.uint8), anatomy.grid)
+    atomic_write_json(case / "plan.json", plan.to_json())
+    return name
+
+
+def generate_phantom_dataset(dataset_dir: Path, num_cases: int = 40, seed: int = 0, test_fraction: float = 0.2,
+                             style: str = "standard", num_processes: int = 2, progress: bool = True) -> DatasetInfo:
+    """Write a complete raw dataset into dataset_dir (which must not exist); atomic."""
+    planning = STYLES[style]
+    n_test = int(math.floor(num_cases * test_fraction))
+    jobs = [(i, TEST_DIR if i >= num_cases - n_test else TRAIN_DIR, f"phantom_{i:03d}") for i in range(num_cases)]
+    info = phantom_dataset_info(dataset_dir.name.split("_", 1)[-1], num_cases - n_test, planning)
+    with staged_directory(dataset_dir) as stage:
+        work = partial(_write_case, folder=stage, seed=seed, style=planning)
+        bar = tqdm(total=num_cases, desc="phantoms", disable=not progress, unit="case")
+        if num_processes > 1:
+            with get_context("spawn").Pool(num_processes) as pool:
+                for _ in pool.imap_unordered(work, jobs):
+                    bar.update()
+        else:
+            for job in jobs:
+                work(job)
+                bar.update()
+        bar.close()
+        atomic_write_json(stage / "dataset.json", info.to_json())
+    return info

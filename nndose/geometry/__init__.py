@@ -1,0 +1,1 @@
+"""Beam geometry (IEC 61217) and the divergent-beam rasterizer."""

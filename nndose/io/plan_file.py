@@ -1,0 +1,200 @@
+"""plan.json: the treatment plan of one case (site, modality, machine, prescriptions, beam geometry).
+
+Coordinates are DICOM patient coordinates (LPS, mm); angles follow IEC 61217 in degrees [0, 360).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nndose.errors import NndoseError
+
+MODALITIES = ("IMRT", "VMAT", "3D-CRT")
+ARC_DIRECTIONS = ("CW", "CCW")
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    sad_mm: float
+    energy_mv: float
+
+
+@dataclass(frozen=True)
+class Prescription:
+    structure: str
+    dose_gy: float
+    fractions: int
+
+
+@dataclass(frozen=True)
+class StaticBeam:
+    gantry_deg: float
+    couch_deg: float = 0.0
+    collimator_deg: float = 0.0
+
+
+@dataclass(frozen=True)
+class Arc:
+    gantry_start_deg: float
+    gantry_stop_deg: float
+    direction: str = "CW"
+    couch_deg: float = 0.0
+    collimator_deg: float = 0.0
+
+    @property
+    def span_deg(self) -> float:
+        """Angular length travelled from start to stop in the arc's direction (a full circle is 360)."""
+        if self.direction == "CW":
+            span = (self.gantry_stop_deg - self.gantry_start_deg) % 360.0
+        else:
+            span = (self.gantry_start_deg - self.gantry_stop_deg) % 360.0
+        return 360.0 if span == 0.0 else span
+
+
+@dataclass(frozen=True)
+class TreatmentPlan:
+    site: str
+    modality: str
+    machine: Machine
+    prescriptions: tuple[Prescription, ...]
+    isocenter_mm: tuple[float, float, float]
+    beams: tuple[StaticBeam, ...] = field(default_factory=tuple)
+    arcs: tuple[Arc, ...] = field(default_factory=tuple)
+
+    @property
+    def reference_dose_gy(self) -> float:
+        """The case's highest prescription: the scale of the prescription map and of the training target."""
+        return max(p.dose_gy for p in self.prescriptions)
+
+    def prescription_of(self, structure: str) -> Prescription | None:
+        return next((p for p in self.prescriptions if p.structure == structure), None)
+
+    def to_json(self) -> dict:
+        return {"site": self.site, "modality": self.modality, "machine": asdict(self.machine),
+                "prescriptions": [asdict(p) for p in self.prescriptions],
+                "isocenter_mm": list(self.isocenter_mm),
+                "beams": [asdict(b) for b in self.beams], "arcs": [asdict(a) for a in self.arcs]}
+
+
+class InvalidPlan(NndoseError):
+    """plan.json content that cannot be used; `problems` lists every one found."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _number(d: dict, key: str, where: str, problems: list[str], default=None) -> float | None:
+    if key not in d:
+        if default is None:
+            problems.append(f"{where}: missing '{key}'")
+        return default
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        problems.append(f"{where}: '{key}' must be a finite number, got {v!r}")
+        return default
+    return float(v)
+
+
+def _angle(d: dict, key: str, where: str, problems: list[str], default=None) -> float | None:
+    v = _number(d, key, where, problems, default)
+    if v is not None and not (0.0 <= v < 360.0):
+        problems.append(f"{where}: {key}={v} outside [0, 360) (IEC 61217 degrees)")
+    return v
+
+
+def parse_plan(d: object, source: str = "plan.json") -> TreatmentPlan:
+    """Validate and convert a plan.json object; raises InvalidPlan listing every problem."""
+    problems: list[str] = []
+    if not isinstance(d, dict):
+        raise InvalidPlan(source, ["top level must be a JSON object"])
+    site = d.get("site")
+    if not isinstance(site, str) or not site:
+        problems.append("missing 'site' (a name such as head_neck)")
+    modality = d.get("modality")
+    if modality not in MODALITIES:
+        problems.append(f"unknown modality {modality!r} (expected one of {', '.join(MODALITIES)})")
+    m = d.get("machine")
+    machine = None
+    if not isinstance(m, dict):
+        problems.append("missing 'machine' object (name, sad_mm, energy_mv)")
+    else:
+        sad = _number(m, "sad_mm", "machine", problems)
+        energy = _number(m, "energy_mv", "machine", problems)
+        if sad is not None and not (300.0 <= sad <= 2000.0):
+            problems.append(f"machine: sad_mm={sad} outside 300..2000 mm")
+        if energy is not None and not (0.5 <= energy <= 30.0):
+            problems.append(f"machine: energy_mv={energy} outside 0.5..30 MV")
+        machine = Machine(str(m.get("name", "unnamed")), sad or 1000.0, energy or 6.0)
+    prescriptions = []
+    rx = d.get("prescriptions")
+    if not isinstance(rx, list) or not rx:
+        problems.append("missing 'prescriptions' (a non-empty list)")
+        rx = []
+    for i, p in enumerate(rx):
+        where = f"prescriptions[{i}]"
+        if not isinstance(p, dict) or not isinstance(p.get("structure"), str):
+            problems.append(f"{where}: needs 'structure', 'dose_gy', 'fractions'")
+            continue
+        dose = _number(p, "dose_gy", where, problems)
+        fx = _number(p, "fractions", where, problems, default=1.0)
+        if dose is not None and not (0.0 < dose <= 200.0):
+            problems.append(f"{where}: dose_gy={dose} outside (0, 200] Gy")
+        if fx is not None and (fx < 1 or fx != int(fx)):
+            problems.append(f"{where}: fractions={fx} must be a whole number >= 1")
+        prescriptions.append(Prescription(p["structure"], dose or 1.0, int(fx or 1)))
+    names = [p.structure for p in prescriptions]
+    if len(set(names)) != len(names):
+        problems.append("a structure is prescribed twice")
+    iso = d.get("isocenter_mm")
+    if (not isinstance(iso, list) or len(iso) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in iso)):
+        problems.append(f"isocenter_mm must be three finite numbers, got {iso!r}")
+        iso = [0.0, 0.0, 0.0]
+    beams = []
+    for i, b in enumerate(d.get("beams") or []):
+        where = f"beams[{i}]"
+        if not isinstance(b, dict):
+            problems.append(f"{where}: must be an object")
+            continue
+        beams.append(StaticBeam(_angle(b, "gantry_deg", where, problems) or 0.0,
+                                _angle(b, "couch_deg", where, problems, 0.0) or 0.0,
+                                _angle(b, "collimator_deg", where, problems, 0.0) or 0.0))
+    arcs = []
+    for i, a in enumerate(d.get("arcs") or []):
+        where = f"arcs[{i}]"
+        if not isinstance(a, dict):
+            problems.append(f"{where}: must be an object")
+            continue
+        direction = a.get("direction", "CW")
+        if direction not in ARC_DIRECTIONS:
+            problems.append(f"{where}: direction {direction!r} must be CW or CCW")
+        arcs.append(Arc(_angle(a, "gantry_start_deg", where, problems) or 0.0,
+                        _angle(a, "gantry_stop_deg", where, problems) or 0.0,
+                        direction if direction in ARC_DIRECTIONS else "CW",
+                        _angle(a, "couch_deg", where, problems, 0.0) or 0.0,
+                        _angle(a, "collimator_deg", where, problems, 0.0) or 0.0))
+    if not beams and not arcs:
+        problems.append("no beams and no arcs: the plan needs its beam geometry")
+    if modality == "VMAT" and not arcs:
+        problems.append("modality VMAT needs at least one arc")
+    if modality in ("IMRT", "3D-CRT") and not beams:
+        problems.append(f"modality {modality} needs static beams")
+    if problems:
+        raise InvalidPlan(source, problems)
+    return TreatmentPlan(site, modality, machine, tuple(prescriptions), tuple(float(v) for v in iso),
+                         tuple(beams), tuple(arcs))
+
+
+def load_plan(path: Path | str) -> TreatmentPlan:
+    path = Path(path)
+    if not path.is_file():
+        raise NndoseError(f"{path}: file not found")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NndoseError(f"{path}: not valid JSON ({e})") from None
+    return parse_plan(d, str(path))

@@ -1,0 +1,207 @@
+"""The raw dataset: DatasetXXX_Name/{dataset.json, casesTr/<case>/, casesTs/<case>/}.
+
+A case folder holds ct.nii.gz (HU), dose.nii.gz (Gy, optional in casesTs), structures/<name>.nii.gz
+(binary) and plan.json. `read_case` loads one case and lists every problem it finds, so that the
+verifier and the preprocessor share one set of checks.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nndose.errors import NndoseError
+from nndose.io.plan_file import InvalidPlan, TreatmentPlan, load_plan
+from nndose.io.volumes import Grid, read_volume
+
+STRUCTURE_KINDS = ("target", "oar", "body")
+CT_FILE, DOSE_FILE, PLAN_FILE, STRUCTURES_DIR = "ct", "dose", "plan.json", "structures"
+TRAIN_DIR, TEST_DIR = "casesTr", "casesTs"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    structures: dict[str, str]  # name -> kind (target | oar | body), in vocabulary order
+    file_ending: str = ".nii.gz"
+    num_training: int = 0
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def targets(self) -> list[str]:
+        return [n for n, k in self.structures.items() if k == "target"]
+
+    @property
+    def organs(self) -> list[str]:
+        return [n for n, k in self.structures.items() if k == "oar"]
+
+    @property
+    def body(self) -> str | None:
+        return next((n for n, k in self.structures.items() if k == "body"), None)
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "description": self.description, "file_ending": self.file_ending,
+             "numTraining": self.num_training,
+             "structures": {n: {"kind": k} for n, k in self.structures.items()}}
+        d.update(self.extra)
+        return d
+
+
+def parse_dataset_json(d: object, source: str) -> DatasetInfo:
+    if not isinstance(d, dict):
+        raise NndoseError(f"{source}: top level must be a JSON object")
+    structures = d.get("structures")
+    if not isinstance(structures, dict) or not structures:
+        raise NndoseError(f"{source}: 'structures' must map each structure name to {{\"kind\": target|oar|body}}")
+    vocab = {}
+    for name, spec in structures.items():
+        kind = spec.get("kind") if isinstance(spec, dict) else spec
+        if kind not in STRUCTURE_KINDS:
+            raise NndoseError(f"{source}: structure {name!r} has kind {kind!r}; expected one of {', '.join(STRUCTURE_KINDS)}")
+        vocab[name] = kind
+    if sum(k == "body" for k in vocab.values()) > 1:
+        raise NndoseError(f"{source}: more than one structure of kind 'body'")
+    if not any(k == "target" for k in vocab.values()):
+        raise NndoseError(f"{source}: no structure of kind 'target'")
+    known = {"name", "description", "file_ending", "numTraining", "structures"}
+    return DatasetInfo(str(d.get("name", "")), vocab, str(d.get("file_ending", ".nii.gz")),
+                       int(d.get("numTraining", 0)), str(d.get("description", "")),
+                       {k: v for k, v in d.items() if k not in known})
+
+
+def load_dataset_json(dataset_dir: Path) -> DatasetInfo:
+    path = Path(dataset_dir) / "dataset.json"
+    if not path.is_file():
+        raise NndoseError(f"{path}: file not found (every raw dataset needs a dataset.json)")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NndoseError(f"{path}: not valid JSON ({e})") from None
+    return parse_dataset_json(d, str(path))
+
+
+def list_cases(dataset_dir: Path, split: str = TRAIN_DIR) -> list[Path]:
+    folder = Path(dataset_dir) / split
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@dataclass
+class RawCase:
+    name: str
+    grid: Grid
+    ct: np.ndarray                      # HU, float32, (z, y, x)
+    dose: np.ndarray | None             # Gy, float32
+    structures: dict[str, np.ndarray]   # name -> bool mask
+    plan: TreatmentPlan
+
+
+def _mask_problems(name: str, rel: str, arr: np.ndarray) -> list[str]:
+    if not np.all(np.isfinite(arr)):
+        return [f"{rel}: mask holds NaN or infinite values"]
+    values = np.unique(arr)
+    if not np.all(np.isin(values, (0, 1))):
+        return [f"{rel}: mask is not binary (values {values[:5].tolist()}{'...' if values.size > 5 else ''})"]
+    if not values.max(initial=0):
+        return [f"{rel}: mask of {name} is empty"]
+    return []
+
+
+def read_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> tuple[RawCase | None, list[str]]:
+    """Load a case and check it; returns (case or None, problems). Each problem names case and file."""
+    case_dir = Path(case_dir)
+    c = case_dir.name
+    problems: list[str] = []
+    if not case_dir.is_dir():
+        return None, [f"{c}: case folder {case_dir} not found"]
+    ending = info.file_ending
+    plan = None
+    try:
+        plan = load_plan(case_dir / PLAN_FILE)
+    except InvalidPlan as e:
+        problems += [f"{c}/{PLAN_FILE}: {p}" for p in e.problems]
+    except NndoseError as e:
+        problems.append(f"{c}/{PLAN_FILE}: {str(e).split(': ', 1)[-1]}")
+
+    def load(rel: str):
+        try:
+            return read_volume(case_dir / rel)
+        except NndoseError as e:
+            problems.append(f"{c}/{rel}: {str(e).split(': ', 1)[-1]}")
+            return None, None
+
+    ct, grid = load(CT_FILE + ending)
+    dose = None
+    if (case_dir / (DOSE_FILE + ending)).exists() or require_dose:
+        dose, dgrid = load(DOSE_FILE + ending)
+        if dose is not None and grid is not None and not dgrid.same_as(grid):
+            problems.append(f"{c}/{DOSE_FILE}{ending}: grid {dgrid.describe()} differs from the CT's {grid.describe()}")
+        if dose is not None:
+            if not np.all(np.isfinite(dose)):
+                problems.append(f"{c}/{DOSE_FILE}{ending}: dose holds NaN or infinite values")
+            elif dose.min() < 0:
+                problems.append(f"{c}/{DOSE_FILE}{ending}: negative dose ({dose.min():.3g} Gy)")
+    if ct is not None and not np.all(np.isfinite(ct)):
+        problems.append(f"{c}/{CT_FILE}{ending}: CT holds NaN or infinite values")
+    if grid is not None and min(grid.shape_zyx) < 4:
+        problems.append(f"{c}/{CT_FILE}{ending}: volume too small {grid.shape_zyx}")
+
+    structures: dict[str, np.ndarray] = {}
+    sdir = case_dir / STRUCTURES_DIR
+    files = sorted(sdir.glob("*")) if sdir.is_dir() else []
+    if not files:
+        problems.append(f"{c}/{STRUCTURES_DIR}: no structure files")
+    for f in files:
+        rel = f"{STRUCTURES_DIR}/{f.name}"
+        if not f.name.endswith(ending):
+            problems.append(f"{c}/{rel}: unexpected file (structures must end in {ending})")
+            continue
+        name = f.name[: -len(ending)]
+        if name not in info.structures:
+            problems.append(f"{c}/{rel}: unknown structure {name!r} (not in dataset.json's structures)")
+            continue
+        arr, sgrid = load(rel)
+        if arr is None:
+            continue
+        if grid is not None and not sgrid.same_as(grid):
+            problems.append(f"{c}/{rel}: grid {sgrid.describe()} differs from the CT's {grid.describe()}")
+            continue
+        mask_problems = _mask_problems(name, f"{c}/{rel}", arr)
+        problems += mask_problems
+        if not mask_problems:
+            structures[name] = arr > 0.5
+
+    body = info.body
+    if body and body in structures:
+        for t in info.targets:
+            if t in structures:
+                inside = np.count_nonzero(structures[t] & structures[body]) / np.count_nonzero(structures[t])
+                if inside < 0.9:
+                    problems.append(f"{c}/{STRUCTURES_DIR}/{t}{ending}: only {inside:.0%} of the target lies inside {body}")
+    if plan is not None:
+        for t in info.targets:
+            if t in structures and plan.prescription_of(t) is None:
+                problems.append(f"{c}/{PLAN_FILE}: target {t} has no prescription")
+        for p in plan.prescriptions:
+            if info.structures.get(p.structure) != "target":
+                problems.append(f"{c}/{PLAN_FILE}: prescription for {p.structure!r}, which is not a target in dataset.json")
+            elif p.structure not in structures and not any(q.startswith(f"{c}/{STRUCTURES_DIR}/{p.structure}{ending}") for q in problems):
+                problems.append(f"{c}/{PLAN_FILE}: prescribed target {p.structure} has no mask in {STRUCTURES_DIR}/")
+        if grid is not None and not grid.contains_point(plan.isocenter_mm):
+            problems.append(f"{c}/{PLAN_FILE}: isocenter {list(plan.isocenter_mm)} lies outside the CT volume")
+    if problems:
+        return None, problems
+    return RawCase(c, grid, ct, dose, structures, plan), []
+
+
+def load_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> RawCase:
+    """read_case that raises NndoseError on the first problem (with a count of the others)."""
+    case, problems = read_case(case_dir, info, require_dose)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s); run nndose_verify_dataset)" if len(problems) > 1 else ""
+        raise NndoseError(problems[0] + more)
+    return case

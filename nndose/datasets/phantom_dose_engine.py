@@ -35,7 +35,7 @@ class PlanningStyle:
     penumbra_mm: float = 3.5
     scatter_fraction: float = 0.2
     scatter_sigma_mm: float = 10.0
-    arc_step_deg: float = 10.0
+    arc_step_deg: float = 20.0
     arc_sector_deg: float = 40.0
     rows_per_group: int = 2500
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from nndose.datasets.phantom_anatomy import BODY, ORGANS, SITES, TARGETS, make_anatomy
 from nndose.datasets.phantom_dose_engine import STYLES, PlanningStyle, compute_dose
@@ -19,6 +17,7 @@ from nndose.io.atomic import atomic_write_json, staged_directory
 from nndose.io.plan_file import Arc, Machine, Prescription, StaticBeam, TreatmentPlan
 from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, DatasetInfo
 from nndose.io.volumes import write_volume
+from nndose.parallel import map_with_progress
 
 MACHINES = (Machine("generic_6MV", 1000.0, 6.0), Machine("generic_10MV", 1000.0, 10.0),
             Machine("compact_6MV", 800.0, 6.0))
@@ -117,16 +116,7 @@ def generate_phantom_dataset(dataset_dir: Path, num_cases: int = 40, seed: int =
     jobs = [(i, TEST_DIR if i >= num_cases - n_test else TRAIN_DIR, f"phantom_{i:03d}") for i in range(num_cases)]
     info = phantom_dataset_info(dataset_dir.name.split("_", 1)[-1], num_cases - n_test, planning)
     with staged_directory(dataset_dir) as stage:
-        work = partial(_write_case, folder=stage, seed=seed, style=planning)
-        bar = tqdm(total=num_cases, desc="phantoms", disable=not progress, unit="case")
-        if num_processes > 1:
-            with get_context("spawn").Pool(num_processes) as pool:
-                for _ in pool.imap_unordered(work, jobs):
-                    bar.update()
-        else:
-            for job in jobs:
-                work(job)
-                bar.update()
-        bar.close()
+        map_with_progress(partial(_write_case, folder=stage, seed=seed, style=planning), jobs, num_processes,
+                          "phantoms", progress)
         atomic_write_json(stage / "dataset.json", info.to_json())
     return info

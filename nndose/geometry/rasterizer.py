@@ -132,7 +132,10 @@ class BeamProjection:
 
 def project_beam(density: np.ndarray, grid: Grid, frame: BeamFrame, bev: BevGrid, energy_mv: float,
                  points: np.ndarray | None = None) -> BeamProjection:
-    """Ray-trace one beam direction: radiological depth on rays through `bev`, sampled at every voxel."""
+    """Ray-trace one beam direction: radiological depth on rays through `bev`, sampled at every voxel.
+
+    `points` (optional, for speed) must be grid.physical_points().reshape(-1, 3).
+    """
     if points is None:
         points = grid.physical_points().reshape(-1, 3)
     u, v, r = project(points, frame)
@@ -157,14 +160,17 @@ def project_beam(density: np.ndarray, grid: Grid, frame: BeamFrame, bev: BevGrid
     dirs = (frame.axis[None, None, :] + dbev.u[:, None, None] / frame.sad_mm * frame.u
             + dbev.v[None, :, None] / frame.sad_mm * frame.v)                         # (nu, nv, 3)
     stretch = np.linalg.norm(dirs, axis=-1)                                           # path length per unit r
-    samples = frame.source + rs[None, None, :, None] * dirs[:, :, None, :]            # (nu, nv, nr, 3)
-    idx = grid.physical_to_index(samples.reshape(-1, 3)).T
-    rho = ndimage.map_coordinates(density, idx, order=1, mode="constant", cval=0.0).reshape(samples.shape[:3])
+    # The grid's physical -> index map is affine, so ray samples are computed in index space directly.
+    origin_idx = grid.physical_to_index(np.zeros(3))
+    src_idx = grid.physical_to_index(frame.source)
+    dir_idx = grid.physical_to_index(dirs) - origin_idx                               # (nu, nv, 3)
+    idx = src_idx + rs[None, None, :, None] * dir_idx[:, :, None, :]                  # (nu, nv, nr, 3)
+    rho = ndimage.map_coordinates(density, idx.reshape(-1, 3).T, order=1, mode="constant",
+                                  cval=0.0).reshape(idx.shape[:3])
     depth = (np.cumsum(rho, axis=2) - 0.5 * rho) * (step * stretch[:, :, None])
     d = ndimage.map_coordinates(depth.astype(np.float32), [du - dbev.iu0, dv - dbev.iv0, r / step - k0],
                                 order=1, mode="nearest")
-    local = ndimage.map_coordinates(density, grid.physical_to_index(points[voxels]).T, order=1, mode="nearest")
-    matter = np.clip((local - AIR_DENSITY_CUTOFF) / (2 * AIR_DENSITY_CUTOFF), 0.0, 1.0)
+    matter = np.clip((density.ravel()[voxels] - AIR_DENSITY_CUTOFF) / (2 * AIR_DENSITY_CUTOFF), 0.0, 1.0)
     mu = attenuation_coefficient_per_mm(energy_mv)
     buildup = 1.0 - np.exp(-3.0 * d / depth_of_maximum_mm(energy_mv))
     primary = (frame.sad_mm / r) ** 2 * buildup * np.exp(-mu * d) * matter

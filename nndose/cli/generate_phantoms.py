@@ -1,0 +1,36 @@
+"""nndose_generate_phantoms -d ID [-n N] [--seed S]: the built-in multi-site phantom dataset."""
+from __future__ import annotations
+
+from nndose.cli.common import OneLineParser, run_cli
+from nndose.datasets.phantom_dose_engine import STYLES
+from nndose.datasets.phantoms import generate_phantom_dataset
+from nndose.errors import NndoseError
+from nndose.paths import dataset_folder_name, find_dataset, parse_dataset_id, raw_root
+
+
+def _main(argv) -> None:
+    ap = OneLineParser(prog="nndose_generate_phantoms", description="Generate the built-in phantom dataset.")
+    ap.add_argument("-d", required=True, help="dataset id to write (e.g. 900)")
+    ap.add_argument("-n", type=int, default=40, help="number of cases (default 40; 20%% go to casesTs)")
+    ap.add_argument("--name", default="Phantoms", help="dataset name (default Phantoms)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--test_fraction", type=float, default=0.2, help="fraction of cases in casesTs (default 0.2)")
+    ap.add_argument("--style", choices=sorted(STYLES), default="standard", help="planning style of the dose engine")
+    ap.add_argument("-np", type=int, default=2, help="processes (default 2)")
+    args = ap.parse_args(argv)
+    if args.n < 2:
+        raise NndoseError("-n must be at least 2")
+    if not 0.0 <= args.test_fraction < 1.0:
+        raise NndoseError("--test_fraction must be in [0, 1)")
+    dataset_id = parse_dataset_id(args.d)
+    root = raw_root()
+    existing = find_dataset(root, dataset_id)
+    if existing is not None:
+        raise NndoseError(f"{existing} already exists; remove it or choose another id")
+    target = root / dataset_folder_name(dataset_id, args.name)
+    info = generate_phantom_dataset(target, args.n, args.seed, args.test_fraction, args.style, args.np)
+    print(f"{target}: {info.num_training} training and {args.n - info.num_training} test phantoms")
+
+
+def main(argv=None) -> None:
+    run_cli("nndose_generate_phantoms", _main, argv)

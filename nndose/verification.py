@@ -1,0 +1,32 @@
+"""Verification of a raw dataset: every case of casesTr (dose required) and casesTs (dose optional)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nndose.errors import NndoseError
+from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, list_cases, load_dataset_json, read_case
+from nndose.parallel import map_with_progress
+
+
+def _check(args) -> list[str]:
+    case_dir, info, require_dose = args
+    return read_case(case_dir, info, require_dose)[1]
+
+
+def verify_dataset(dataset_dir: Path, num_processes: int = 1, progress: bool = True) -> list[str]:
+    """Every problem found, one line each naming case and file; empty when the dataset is usable."""
+    dataset_dir = Path(dataset_dir)
+    try:
+        info = load_dataset_json(dataset_dir)
+    except NndoseError as e:
+        return [str(e)]
+    problems: list[str] = []
+    train = list_cases(dataset_dir, TRAIN_DIR)
+    if not train:
+        problems.append(f"{dataset_dir.name}/{TRAIN_DIR}: no training cases")
+    elif info.num_training and info.num_training != len(train):
+        problems.append(f"{dataset_dir.name}/dataset.json: numTraining is {info.num_training} but {TRAIN_DIR} holds {len(train)} cases")
+    jobs = [(c, info, True) for c in train] + [(c, info, False) for c in list_cases(dataset_dir, TEST_DIR)]
+    for found in map_with_progress(_check, jobs, num_processes, "verify", progress):
+        problems += found
+    return problems

@@ -37,6 +37,7 @@ class PlanningStyle:
     scatter_sigma_mm: float = 10.0
     arc_step_deg: float = 20.0
     arc_sector_deg: float = 40.0
+    arc_smoothness: float = 0.5
     rows_per_group: int = 2500
 
 
@@ -114,7 +115,16 @@ def compute_dose(ct_hu: np.ndarray, grid: Grid, structures: dict[str, np.ndarray
     r = np.concatenate(rows)
     w = np.concatenate(weights)
     scale = A[r].max() or 1.0
-    x, _ = optimize.nnls((A[r] / scale) * w[:, None], np.concatenate(goals) * w, maxiter=50 * A.shape[1])
+    M = (A[r] / scale) * w[:, None]
+    b = np.concatenate(goals) * w
+    x, _ = optimize.nnls(M, b, maxiter=50 * A.shape[1])
+    if plan.arcs and x.any():
+        # An arc delivers dose all along its path: pull every segment weight towards the mean of the
+        # first solution, so the fit modulates the arc instead of collapsing it onto a few sectors.
+        lam = style.arc_smoothness * np.sqrt(len(r) / len(x))
+        reg = lam * np.eye(len(x))
+        x, _ = optimize.nnls(np.vstack([M, reg]), np.concatenate([b, lam * np.full(len(x), x.mean())]),
+                             maxiter=50 * A.shape[1])
     dose = (A @ (x / scale)).reshape(shape).astype(np.float32)
     sigma = style.scatter_sigma_mm / grid.spacing_zyx
     dose = (1 - style.scatter_fraction) * dose + style.scatter_fraction * ndimage.gaussian_filter(dose, sigma)

@@ -1,0 +1,1 @@
+"""Turning a raw case into network-ready arrays, exactly as the plan says."""

@@ -1,0 +1,54 @@
+"""Input channels by name: ct, prescription, one per organ, body, beam_dose."""
+from __future__ import annotations
+
+import numpy as np
+
+from nndose.geometry.beams import plan_directions
+from nndose.geometry.rasterizer import beam_geometry_channel
+from nndose.io.plan_file import TreatmentPlan
+from nndose.io.volumes import Grid
+
+
+def normalize_ct(ct_hu: np.ndarray, norm: dict) -> np.ndarray:
+    """Clip to the dataset's body HU percentiles, then z-score with the body mean and std."""
+    clipped = np.clip(ct_hu, norm["clip_low"], norm["clip_high"])
+    return ((clipped - norm["mean"]) / max(norm["std"], 1e-6)).astype(np.float32)
+
+
+def prescription_map(structures: dict[str, np.ndarray], plan: TreatmentPlan, shape) -> np.ndarray:
+    """Each target voxel holds its prescription / reference dose; overlaps take the highest."""
+    out = np.zeros(shape, dtype=np.float32)
+    ref = plan.reference_dose_gy
+    for p in sorted(plan.prescriptions, key=lambda p: p.dose_gy):
+        if p.structure in structures:
+            out[structures[p.structure]] = p.dose_gy / ref
+    return out
+
+
+def build_channels(names: list[str], ct_hu: np.ndarray, grid: Grid, structures: dict[str, np.ndarray],
+                   body: np.ndarray, plan: TreatmentPlan, targets: list[str], ct_norm: dict, beam_opts: dict) -> np.ndarray:
+    """Stack the named channels (C, Z, Y, X) float32 on `grid`."""
+    out = np.zeros((len(names),) + tuple(ct_hu.shape), dtype=np.float32)
+    target_union = np.zeros(ct_hu.shape, bool)
+    for t in targets:
+        if t in structures:
+            target_union |= structures[t]
+    for i, name in enumerate(names):
+        if name == "ct":
+            out[i] = normalize_ct(ct_hu, ct_norm)
+        elif name == "prescription":
+            out[i] = prescription_map(structures, plan, ct_hu.shape)
+        elif name == "body":
+            out[i] = body
+        elif name == "beam_dose":
+            directions = plan_directions(plan, beam_opts["arc_step_deg"])
+            out[i] = beam_geometry_channel(ct_hu, grid, target_union, directions, plan.isocenter_mm,
+                                           plan.machine.sad_mm, plan.machine.energy_mv, beam_opts["margin_mm"],
+                                           beam_opts["penumbra_mm"], beam_opts["pixel_mm"]) * body
+        elif name.startswith("organ_"):
+            organ = name[len("organ_"):]
+            if organ in structures:
+                out[i] = structures[organ]
+        else:
+            raise ValueError(f"unknown channel {name!r}")
+    return out

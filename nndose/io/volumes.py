@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -124,12 +125,27 @@ def read_header(path: Path | str) -> Grid:
 
 
 def read_volume(path: Path | str, dtype=np.float32) -> tuple[np.ndarray, Grid]:
-    image = read_image(path)
+    """Voxel data as (z, y, x) and the grid. NIfTI voxels are read with nibabel, because SimpleITK's
+    NIfTI reader silently replaces NaN with 0 and NaNs must be found; geometry comes from SimpleITK."""
+    path = Path(path)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        image = read_image(path)
+        try:
+            arr = sitk.GetArrayFromImage(image)
+        except RuntimeError:
+            raise NndoseError(f"{path}: cannot read voxel data (truncated or corrupt file)") from None
+        return arr.astype(dtype, copy=False), grid_of(image)
+    grid = read_header(path)
     try:
-        arr = sitk.GetArrayFromImage(image)
-    except RuntimeError:
-        raise NndoseError(f"{path}: cannot read voxel data (truncated or corrupt file)") from None
-    return arr.astype(dtype, copy=False), grid_of(image)
+        arr = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as e:  # nibabel raises many types for truncated or corrupt files
+        raise NndoseError(f"{path}: cannot read voxel data ({type(e).__name__})") from None
+    if arr.ndim != 3:
+        raise NndoseError(f"{path}: expected a 3D volume, got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr.T).astype(dtype, copy=False)
+    if arr.shape != grid.shape_zyx:
+        raise NndoseError(f"{path}: voxel data shape {arr.shape} does not match its header {grid.shape_zyx}")
+    return arr, grid
 
 
 def write_volume(path: Path | str, array: np.ndarray, grid: Grid) -> None:

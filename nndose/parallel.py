@@ -16,16 +16,24 @@ def map_with_progress(func: Callable[[T], R], items: Iterable[T], num_processes:
     items = list(items)
     results: list = [None] * len(items)
     with tqdm(total=len(items), desc=desc, unit=unit, disable=not progress) as bar:
-        if num_processes > 1 and len(items) > 1:
-            with get_context("spawn").Pool(min(num_processes, len(items))) as pool:
-                for i, r in pool.imap_unordered(_Indexed(func), enumerate(items)):
-                    results[i] = r
-                    bar.update()
-        else:
-            for i, item in enumerate(items):
-                results[i] = func(item)
-                bar.update()
+        try:
+            _run(func, items, num_processes, bar, results)
+        except BaseException:
+            bar.leave = False  # an error message follows: take the bar off the line
+            raise
     return results
+
+
+def _run(func, items, num_processes, bar, results) -> None:
+    if num_processes > 1 and len(items) > 1:
+        with get_context("spawn").Pool(min(num_processes, len(items))) as pool:
+            for i, r in pool.imap_unordered(_Indexed(func), enumerate(items)):
+                results[i] = r
+                bar.update()
+    else:
+        for i, item in enumerate(items):
+            results[i] = func(item)
+            bar.update()
 
 
 class _Indexed:

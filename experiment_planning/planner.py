@@ -42,7 +42,8 @@ def target_spacing(fingerprint: dict) -> list[float]:
     return [float(round(v, 4)) for v in target]
 
 
-def topology(spacing_zyx, patch_zyx) -> dict:
+def topology(spacing_zyx, patch_zyx, base_features: int = BASE_FEATURES, max_features: int = MAX_FEATURES,
+             encoder_blocks=ENCODER_BLOCKS) -> dict:
     """Strides, kernels and the patch rounded to what the pooling divides."""
     spacing = np.asarray(spacing_zyx, dtype=float)
     size = np.asarray(patch_zyx, dtype=float)
@@ -61,8 +62,8 @@ def topology(spacing_zyx, patch_zyx) -> dict:
     patch = [int(max(d, math.ceil(p / d) * d)) for p, d in zip(patch_zyx, divisor)]
     n = len(strides)
     return {"n_stages": n, "strides": strides, "kernel_sizes": kernels,
-            "features_per_stage": [min(BASE_FEATURES * 2 ** s, MAX_FEATURES) for s in range(n)],
-            "n_blocks_per_stage": list(ENCODER_BLOCKS[:n]), "n_conv_per_stage_decoder": [1] * (n - 1),
+            "features_per_stage": [min(base_features * 2 ** s, max_features) for s in range(n)],
+            "n_blocks_per_stage": [int(b) for b in (list(encoder_blocks) + [encoder_blocks[-1]] * n)[:n]], "n_conv_per_stage_decoder": [1] * (n - 1),
             "patch_size_zyx": patch, "divisor_zyx": [int(d) for d in divisor]}
 
 
@@ -71,20 +72,21 @@ def _memory(net: dict, n_in: int, batch: int) -> int:
                                    net["strides"], net["n_blocks_per_stage"], net["n_conv_per_stage_decoder"], batch)
 
 
-def plan_configuration(spacing_zyx, median_shape_zyx, n_in: int, budget_bytes: int, dataset_voxels: float) -> dict:
+def plan_configuration(spacing_zyx, median_shape_zyx, n_in: int, budget_bytes: int, dataset_voxels: float,
+                       max_patch_voxels: int = MAX_PATCH_VOXELS, **net_options) -> dict:
     spacing = np.asarray(spacing_zyx, dtype=float)
     median = np.asarray(median_shape_zyx, dtype=float)
     patch = median.copy()
-    if np.prod(patch) > MAX_PATCH_VOXELS:
-        patch *= (MAX_PATCH_VOXELS / np.prod(patch)) ** (1 / 3)
-    net = topology(spacing, np.maximum(patch, MIN_FEATURE_MAP))
+    if np.prod(patch) > max_patch_voxels:
+        patch *= (max_patch_voxels / np.prod(patch)) ** (1 / 3)
+    net = topology(spacing, np.maximum(patch, MIN_FEATURE_MAP), **net_options)
     while _memory(net, n_in, 2) > budget_bytes:
         p = np.asarray(net["patch_size_zyx"], dtype=float)
         axis = int(np.argmax(p / median))
         p[axis] -= net["divisor_zyx"][axis]
         if p[axis] < MIN_FEATURE_MAP * 2:
             break
-        net = topology(spacing, p)
+        net = topology(spacing, p, **net_options)
     per_sample = _memory(net, n_in, 1) - _memory(net, n_in, 0)
     fixed = _memory(net, n_in, 0)
     batch = max(2, int((budget_bytes - fixed) // max(per_sample, 1)))
@@ -104,7 +106,9 @@ def input_channels(info: DatasetInfo, beam_channels: bool = True) -> list[str]:
 
 def plan_experiment(fingerprint: dict, info: DatasetInfo, gpu_memory_target_gb: float = 8.0,
                     plans_name: str = "nndosePlans", beam_channels: bool = True,
-                    num_dose_masks: int = DEFAULT_DOSE_MASKS) -> dict:
+                    num_dose_masks: int = DEFAULT_DOSE_MASKS, max_patch_voxels: int = MAX_PATCH_VOXELS,
+                    **net_options) -> dict:
+    """net_options: base_features, max_features, encoder_blocks (smaller networks for CPU runs)."""
     spacing = target_spacing(fingerprint)
     shapes = [np.asarray(s) * np.asarray(sp) / np.asarray(spacing)
               for s, sp in zip(fingerprint["cropped_shapes_zyx"], fingerprint["spacings_zyx"])]
@@ -112,18 +116,19 @@ def plan_experiment(fingerprint: dict, info: DatasetInfo, gpu_memory_target_gb: 
     dataset_voxels = float(sum(np.prod(s) for s in shapes))
     channels = input_channels(info, beam_channels)
     budget = int(gpu_memory_target_gb * 2 ** 30)
-    full = plan_configuration(spacing, median_shape, len(channels), budget, dataset_voxels)
+    opts = {"max_patch_voxels": max_patch_voxels, **net_options}
+    full = plan_configuration(spacing, median_shape, len(channels), budget, dataset_voxels, **opts)
     configs = {"3d_fullres": {"data_identifier": f"{plans_name}_3d_fullres", "channels": channels, **full}}
     if np.prod(median_shape) > 4 * np.prod(full["patch_size_zyx"]):
         factor = (np.prod(median_shape) / (2 * np.prod(full["patch_size_zyx"]))) ** (1 / 3)
         low_spacing = np.asarray(spacing) * factor
         low_shape = median_shape / factor
-        low = plan_configuration(low_spacing, low_shape, len(channels), budget, dataset_voxels / factor ** 3)
+        low = plan_configuration(low_spacing, low_shape, len(channels), budget, dataset_voxels / factor ** 3, **opts)
         configs["3d_lowres"] = {"data_identifier": f"{plans_name}_3d_lowres", "channels": channels, **low}
     levels = [round((k + 1) / num_dose_masks, 4) for k in range(num_dose_masks)]
     masks = [f"{DOSE_MASK_PREFIX}{k + 1}" for k in range(num_dose_masks)]
     cascade_channels = channels + masks
-    cascade = plan_configuration(spacing, median_shape, len(cascade_channels), budget, dataset_voxels)
+    cascade = plan_configuration(spacing, median_shape, len(cascade_channels), budget, dataset_voxels, **opts)
     configs["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_fullres",
                                      "dose_mask_levels": levels, "channels": cascade_channels,
                                      "batch_size": cascade["batch_size"],

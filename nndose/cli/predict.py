@@ -1,0 +1,35 @@
+"""nndose_predict -i IN -o OUT -d DATASET -c CONFIG [-f 0 1 2 3 4] [-tr TRAINER] [--disable_tta] [--save_spread] [--device ...]"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nndose.cli.common import OneLineParser, run_cli
+from nndose.inference.predictor import DosePredictor, model_folder, predict_folder
+from nndose.paths import parse_dataset_id, require_dataset, results_root
+from nndose.training.run import resolve_device
+
+
+def _main(argv) -> None:
+    ap = OneLineParser(prog="nndose_predict", description="Predict the dose of raw cases with a trained model.")
+    ap.add_argument("-i", required=True, type=Path, help="folder of raw cases (casesTs layout)")
+    ap.add_argument("-o", required=True, type=Path, help="output folder for <case>.nii.gz (Gy)")
+    ap.add_argument("-d", required=True, help="dataset id of the trained model")
+    ap.add_argument("-c", required=True, help="configuration")
+    ap.add_argument("-f", nargs="+", help="folds to ensemble (default: every trained fold)")
+    ap.add_argument("-tr", default="nndoseTrainer", help="trainer class (default nndoseTrainer)")
+    ap.add_argument("-p", default="nndosePlans", help="plans name (default nndosePlans)")
+    ap.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name")
+    ap.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    ap.add_argument("--save_spread", action="store_true", help="also write <case>_spread.nii.gz (std across folds)")
+    ap.add_argument("--step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
+    ap.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"], default="auto")
+    args = ap.parse_args(argv)
+    results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
+    predictor = DosePredictor(model_folder(results, args.tr, args.p, args.c), args.c, args.f, resolve_device(args.device),
+                              not args.disable_tta, args.chk, args.step_size)
+    cases = predict_folder(args.i, args.o, predictor, args.save_spread)
+    print(f"{args.o}: predicted {len(cases)} case(s) with fold(s) {', '.join(predictor.folds)}")
+
+
+def main(argv=None) -> None:
+    run_cli("nndose_predict", _main, argv)

@@ -1,0 +1,1 @@
+"""OpenKBP scores, DVH points, HI, CI, isodose Dice, per-structure MAE, plots."""

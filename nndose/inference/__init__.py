@@ -1,0 +1,1 @@
+"""Sliding-window, mirrored, fold-ensembled dose prediction on raw cases (see predictor.DosePredictor)."""

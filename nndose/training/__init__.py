@@ -1,0 +1,1 @@
+"""Networks, losses, data loading, augmentation and trainers."""

@@ -1,0 +1,240 @@
+"""nndoseTrainer: the default training recipe. Variants subclass it and override one hook.
+
+Defaults (per epoch: 250 iterations; 300 epochs on a GPU): AdamW, learning rate 1e-3 with
+polynomial decay (exponent 0.9), weight decay 1e-4, masked MAE on dose / reference dose inside the
+body, gradient clipping at 12, mixed precision (fp16 + GradScaler) and channels-last-free plain
+eager mode on CUDA, fp32 on CPU. Each epoch ends with validation patches of the fold's validation
+cases; their MAE in Gy, smoothed with an exponential moving average (0.9), picks checkpoint_best.
+Checkpoints (latest every epoch, best, final) are written atomically, hold only tensors and plain
+values (torch.load(weights_only=True)), and `--c` resumes from the latest: the random streams are
+re-seeded from (seed, epoch), so a resumed run repeats the epochs a killed one would have run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from nndose.errors import NndoseError
+from nndose.io.atomic import atomic_write, atomic_write_json
+from nndose.plans import DOSE_MASK_PREFIX, configuration
+from nndose.preprocessing.storage import list_preprocessed_cases
+from nndose.training.augmentation import training_transforms
+from nndose.training.checkpoints import load_checkpoint, save_checkpoint
+from nndose.training.data import PatchDataset, channel_pad_values
+from nndose.training.losses import masked_mae
+from nndose.training.network import build_network
+from nndose.training.progress import plot_progress
+from nndose.training.splits import fold_cases, load_or_create_splits
+
+log = logging.getLogger("nndose.training")
+
+
+class nndoseTrainer:
+    initial_lr = 1e-3
+    weight_decay = 1e-4
+    num_epochs = 300
+    iterations_per_epoch = 250
+    val_iterations = 25
+    grad_clip = 12.0
+    ema_momentum = 0.9
+    seed = 12345
+
+    def __init__(self, plans: dict, config_name: str, fold: str | int, preprocessed_dir: Path, output_dir: Path,
+                 device: torch.device, num_epochs: int | None = None, iterations_per_epoch: int | None = None,
+                 rank: int = 0, world_size: int = 1, num_workers: int | None = None):
+        self.plans, self.config_name, self.fold = plans, config_name, str(fold)
+        self.conf = configuration(plans, config_name)
+        if any(c.startswith(DOSE_MASK_PREFIX) for c in self.conf["channels"]):
+            raise NndoseError(f"{config_name} needs out-of-fold stage-1 predictions; train {self.conf.get('previous_stage')} first "
+                              "and use the cascade trainer")
+        self.preprocessed_dir = Path(preprocessed_dir)
+        self.data_dir = self.preprocessed_dir / self.conf["data_identifier"]
+        self.output_dir = Path(output_dir)
+        self.device = device
+        self.num_epochs = num_epochs or self.num_epochs
+        self.iterations_per_epoch = iterations_per_epoch or self.iterations_per_epoch
+        self.val_iterations = max(1, min(self.val_iterations, self.iterations_per_epoch))
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = num_workers if num_workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+        self.channels = self.conf["channels"]
+        self.body_channel = self.channels.index("body")
+        self.amp = device.type == "cuda"
+        self.log = {"train_loss": [], "val_mae_gy": [], "val_mae_ema_gy": [], "lr": [], "epoch_time_s": []}
+        self.epoch = 0
+        self.best_ema = float("inf")
+
+    # ----- hooks a variant may override --------------------------------------------------------
+    def build_network(self) -> torch.nn.Module:
+        return build_network(self.plans, self.config_name)
+
+    def compute_loss(self, pred: torch.Tensor, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return masked_mae(pred, target, self.body_mask(image))
+
+    def configure_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.initial_lr * (1 - epoch / self.num_epochs) ** 0.9
+
+    def get_training_transforms(self):
+        return training_transforms(self.conf["patch_size_zyx"], self.channels)
+
+    # ----- helpers -----------------------------------------------------------------------------
+    def body_mask(self, image: torch.Tensor) -> torch.Tensor:
+        return (image[:, self.body_channel: self.body_channel + 1] > 0.5).float()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _cases(self) -> tuple[list[str], list[str]]:
+        cases = list_preprocessed_cases(self.data_dir)
+        if not cases:
+            raise NndoseError(f"{self.data_dir}: no preprocessed cases (run nndose_plan_and_preprocess)")
+        patients = {}
+        for c in cases:
+            props = json.loads((self.data_dir / f"{c}.json").read_text())
+            patients[c] = props.get("patient_id", c)
+        splits = load_or_create_splits(self.preprocessed_dir / "splits_final.json", cases, patients)
+        train, val = fold_cases(splits, self.fold, cases)
+        return train, (val or train[: max(1, len(train) // 5)])
+
+    def _loader(self, cases, transforms, seed) -> DataLoader:
+        batch = max(1, self.conf["batch_size"] // self.world_size)
+        ds = PatchDataset(self.data_dir, cases, self.conf["patch_size_zyx"],
+                          channel_pad_values(self.channels, self.plans["ct_normalization"]), seed, transforms,
+                          rank=self.rank)
+        return DataLoader(ds, batch_size=batch, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def initialize(self) -> None:
+        torch.manual_seed(self.seed)
+        self.train_cases, self.val_cases = self._cases()
+        self.network = self.build_network().to(self.device)
+        self.model = self.network
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
+        self.optimizer = self.configure_optimizer([p for p in self.network.parameters() if p.requires_grad])
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+
+    # ----- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "grad_scaler": self.scaler.state_dict() if self.scaler else {}, "epoch": self.epoch,
+                "log": self.log, "best_ema": self.best_ema, "trainer": type(self).__name__,
+                "config": self.config_name, "plans_name": self.plans["plans_name"], "channels": self.channels}
+
+    def save(self, name: str) -> None:
+        if self.is_main:
+            save_checkpoint(self.output_dir / name, self.state())
+
+    def load(self, path: Path) -> None:
+        ck = load_checkpoint(path, map_location=self.device)
+        if ck.get("channels") != self.channels:
+            raise NndoseError(f"{path}: checkpoint channels differ from the plan's {self.config_name}")
+        self.network.load_state_dict(ck["network"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.scaler and ck.get("grad_scaler"):
+            self.scaler.load_state_dict(ck["grad_scaler"])
+        self.epoch, self.log, self.best_ema = int(ck["epoch"]), ck["log"], float(ck["best_ema"])
+
+    # ----- the loop ----------------------------------------------------------------------------
+    def train_step(self, image, target) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            pred = self.model(image)
+            loss = self.compute_loss(pred.float(), target, image)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+            self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validation_mae_gy(self, batches) -> float:
+        self.network.eval()
+        errors = []
+        for _ in range(self.val_iterations):
+            image, target, ref = next(batches)
+            image, target = image.to(self.device), target.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                pred = self.network(image).float()
+            body = self.body_mask(image)
+            per_sample = ((pred - target).abs() * body).flatten(1).sum(1) / body.flatten(1).sum(1).clamp_min(1)
+            errors += (per_sample.cpu() * ref.float()).tolist()
+        self.network.train()
+        mean = torch.tensor(float(np.mean(errors)), device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(mean)
+            mean /= self.world_size
+        return float(mean)
+
+    def run_training(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.network.train()
+        while self.epoch < self.num_epochs:
+            start = time.time()
+            lr = self.lr_at(self.epoch)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            seed = self.seed * 1000 + self.epoch
+            train = iter(self._loader(self.train_cases, self.get_training_transforms(), seed))
+            losses = []
+            bar = tqdm(range(self.iterations_per_epoch), desc=f"epoch {self.epoch + 1}/{self.num_epochs}",
+                       disable=not self.is_main, leave=False)
+            for _ in bar:
+                image, target, _ = next(train)
+                losses.append(self.train_step(image.to(self.device, non_blocking=True),
+                                              target.to(self.device, non_blocking=True)))
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            del train
+            val_mae = self.validation_mae_gy(iter(self._loader(self.val_cases, None, seed + 7)))
+            self.on_epoch_end(float(np.mean(losses)), val_mae, lr, time.time() - start)
+        self.save("checkpoint_final.pth")
+        if self.is_main:
+            (self.output_dir / "checkpoint_latest.pth").unlink(missing_ok=True)
+
+    def on_epoch_end(self, train_loss: float, val_mae: float, lr: float, seconds: float) -> None:
+        ema_prev = self.log["val_mae_ema_gy"][-1] if self.log["val_mae_ema_gy"] else val_mae
+        ema = self.ema_momentum * ema_prev + (1 - self.ema_momentum) * val_mae
+        for k, v in (("train_loss", train_loss), ("val_mae_gy", val_mae), ("val_mae_ema_gy", ema), ("lr", lr),
+                     ("epoch_time_s", seconds)):
+            self.log[k].append(float(v))
+        self.epoch += 1
+        if ema < self.best_ema:
+            self.best_ema = ema
+            self.save("checkpoint_best.pth")
+        self.save("checkpoint_latest.pth")
+        if self.is_main:
+            line = (f"epoch {self.epoch}/{self.num_epochs}  train loss {train_loss:.4f}  val MAE {val_mae:.3f} Gy "
+                    f"(smoothed {ema:.3f})  lr {lr:.2e}  {seconds:.1f} s")
+            tqdm.write(line)
+            with open(self.output_dir / "training_log.txt", "a") as f:
+                f.write(line + "\n")
+            plot_progress(self.log, self.output_dir / "progress.png")
+
+
+def write_model_folder_files(model_dir: Path, preprocessed_dir: Path, plans: dict) -> None:
+    """Copy what inference needs beside the folds: plans, dataset.json, fingerprint."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(model_dir / "plans.json", plans)
+    for name in ("dataset.json", "dataset_fingerprint.json"):
+        src = Path(preprocessed_dir) / name
+        if src.is_file():
+            atomic_write(model_dir / name, lambda p, s=src: shutil.copyfile(s, p))

@@ -1,0 +1,198 @@
+"""Training: loss goes down, checkpoints load with weights_only, a killed run resumes, DDP stays in sync,
+and the trained model predicts and is evaluated from the command line."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from experiment_planning.plan_and_preprocess import main as plan_main
+from nndose.cli.evaluate import main as evaluate_main
+from nndose.cli.predict import main as predict_main
+from nndose.cli.train import main as train_main
+from nndose.datasets.phantoms import generate_phantom_dataset
+from nndose.plans import load_plans
+from nndose.training.trainer_variants import trainer_class
+from tests.conftest import run_command
+
+TINY_PLAN = ["--base_features", "4", "--max_features", "16", "--encoder_blocks", "1", "--max_patch", "16"]
+MODEL = "nndoseTrainer__nndosePlans__3d_fullres"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Six phantoms (five to train, one to predict), planned with a tiny network and preprocessed."""
+    root = tmp_path_factory.mktemp("nndose")
+    env = {v: str(root / v) for v in ("nndose_raw", "nndose_preprocessed", "nndose_results")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    generate_phantom_dataset(root / "nndose_raw" / "Dataset042_Tiny", 6, seed=1, test_fraction=0.2,
+                             num_processes=1, progress=False)
+    plan_main(["-d", "42", "-c", "3d_fullres", "-np", "1", *TINY_PLAN])
+    yield root, env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def env(workspace, monkeypatch):
+    root, env = workspace
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    shutil.rmtree(root / "nndose_results", ignore_errors=True)
+    return root
+
+
+def _trainer(root, cls="nndoseTrainer", fold="all"):
+    pre = root / "nndose_preprocessed" / "Dataset042_Tiny"
+    t = trainer_class(cls)(load_plans(pre / "nndosePlans.json"), "3d_fullres", fold, pre,
+                           root / "nndose_results" / "x" / f"fold_{fold}", torch.device("cpu"), 2, 2)
+    t.initialize()
+    return t
+
+
+@pytest.mark.parametrize("cls", ["nndoseTrainer", "nndoseTrainer_MAE_DVH", "nndoseTrainer_MSE"])
+def test_training_lowers_the_loss(env, cls):
+    torch.manual_seed(0)
+    t = _trainer(env, cls)
+    batch = next(iter(t._loader(t.train_cases, None, seed=3)))
+    image, target = batch[0], batch[1]
+    first = t.train_step(image, target)
+    for _ in range(25):
+        last = t.train_step(image, target)
+    assert np.isfinite(first) and last < 0.6 * first
+
+
+def test_checkpoints_load_with_weights_only(env, capsys):
+    code, _, err = run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "2", "--iterations_per_epoch", "2",
+                                            "--device", "cpu"], capsys)
+    assert code == 0, err
+    fold = env / "nndose_results/Dataset042_Tiny" / MODEL / "fold_all"
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth"):
+        ck = torch.load(fold / name, weights_only=True)
+        assert ck["epoch"] >= 1 and "network" in ck
+    assert len(ck["log"]["val_mae_gy"]) == 2 and (fold / "progress.png").stat().st_size > 0
+    assert not (fold / "checkpoint_latest.pth").exists()
+    assert (fold.parent / "plans.json").is_file() and (fold.parent / "dataset.json").is_file()
+
+
+def test_killed_run_resumes_to_the_same_weights(env, capsys):
+    args = ["42", "3d_fullres", "all", "--epochs", "5", "--iterations_per_epoch", "3", "--device", "cpu"]
+    assert run_command(train_main, args, capsys)[0] == 0
+    fold = env / "nndose_results/Dataset042_Tiny" / MODEL / "fold_all"
+    reference = torch.load(fold / "checkpoint_final.pth", weights_only=True)
+    shutil.rmtree(fold)
+    proc = subprocess.Popen([sys.executable, "-c", "from nndose.cli.train import main; main()", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        latest = fold / "checkpoint_latest.pth"
+        if latest.is_file() and torch.load(latest, weights_only=True)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (fold / "checkpoint_final.pth").exists()
+    code, _, err = run_command(train_main, args + ["--c"], capsys)
+    assert code == 0, err
+    resumed = torch.load(fold / "checkpoint_final.pth", weights_only=True)
+    assert resumed["epoch"] == 5 and len(resumed["log"]["train_loss"]) == 5
+    for k, v in reference["network"].items():
+        assert torch.allclose(v, resumed["network"][k], atol=1e-5), k
+
+
+def _ddp_step(rank, world, port, result_dir):
+    import torch.distributed as dist
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)  # same initial weights on both ranks
+    from nndose.training.network import ResEncUNet
+    net = ResEncUNet(3, [4, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], [1, 1], [1])
+    model = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(100 + rank)     # different data on each rank
+    x = torch.randn(2, 3, 8, 8, 8)
+    model(x).abs().mean().backward()
+    opt.step()
+    flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+    torch.save(flat, os.path.join(result_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_hold_identical_weights_after_a_step(tmp_path):
+    from nndose.training.run import _free_port
+    torch.multiprocessing.spawn(_ddp_step, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    torch.manual_seed(0)
+    from nndose.training.network import ResEncUNet
+    initial = torch.cat([p.detach().flatten() for p in ResEncUNet(3, [4, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]],
+                                                                   [1, 1], [1]).parameters()])
+    assert torch.equal(a, b) and not torch.equal(a, initial)
+
+
+def test_trainer_runs_under_ddp_on_cpu(env, capsys):
+    code, _, err = run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2",
+                                            "--device", "cpu", "-num_gpus", "2"], capsys)
+    assert code == 0, err
+    assert (env / "nndose_results/Dataset042_Tiny" / MODEL / "fold_all/checkpoint_final.pth").is_file()
+
+
+def test_predict_and_evaluate_from_the_command_line(env, capsys, tmp_path):
+    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2", "--device", "cpu"], capsys)
+    raw = env / "nndose_raw/Dataset042_Tiny"
+    out = tmp_path / "pred"
+    code, stdout, err = run_command(predict_main, ["-i", str(raw / "casesTs"), "-o", str(out), "-d", "42", "-c", "3d_fullres",
+                                                   "-f", "all", "--save_spread", "--device", "cpu"], capsys)
+    assert code == 0, err
+    from nndose.io.volumes import read_volume
+    pred, grid = read_volume(out / "phantom_005.nii.gz")
+    ref, rgrid = read_volume(raw / "casesTs/phantom_005/dose.nii.gz")
+    body, _ = read_volume(raw / "casesTs/phantom_005/structures/Body.nii.gz")
+    assert grid.same_as(rgrid) and np.all(pred[body == 0] == 0) and pred.min() >= 0
+    assert (out / "phantom_005_spread.nii.gz").is_file()
+    code, stdout, err = run_command(evaluate_main, ["-ref", str(raw / "casesTs"), "-pred", str(out), "--plots"], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["aggregate"]["dose_score"] > 0 and (out / "plots/summary.png").is_file()
+    # a perfect prediction scores zero
+    perfect = tmp_path / "perfect"
+    perfect.mkdir()
+    shutil.copy(raw / "casesTs/phantom_005/dose.nii.gz", perfect / "phantom_005.nii.gz")
+    code, _, err = run_command(evaluate_main, ["-ref", str(raw / "casesTs"), "-pred", str(perfect)], capsys)
+    agg = json.loads((perfect / "summary.json").read_text())["aggregate"]
+    assert code == 0 and agg["dose_score"] == 0 and agg["dvh_score"] == 0
+
+
+def test_bad_input_to_train_and_predict(env, capsys, tmp_path):
+    cases = [
+        (train_main, ["42", "3d_superres", "0"], "configuration '3d_superres' is not in the plan"),
+        (train_main, ["77", "3d_fullres", "0"], "no preprocessed dataset 077"),
+        (train_main, ["42", "3d_fullres", "9"], "fold '9'"),
+        (train_main, ["42", "3d_fullres", "0", "-tr", "NoSuchTrainer"], "unknown trainer 'NoSuchTrainer'"),
+        (predict_main, ["-i", str(tmp_path), "-o", str(tmp_path / "o"), "-d", "42", "-c", "3d_fullres"], "no trained dataset 042"),
+    ]
+    for main, argv, needle in cases:
+        code, _, err = run_command(main, argv, capsys)
+        assert code == 2 and needle in err and err.count("\n") == 1, (argv, err)
+    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)
+    raw = env / "nndose_raw/Dataset042_Tiny"
+    code, _, err = run_command(predict_main, ["-i", str(raw / "casesTs"), "-o", str(tmp_path / "o"), "-d", "42",
+                                              "-c", "3d_fullres", "-f", "3"], capsys)
+    assert code == 2 and "fold_3/checkpoint_final.pth: checkpoint not found" in err
+    plans = env / "nndose_results/Dataset042_Tiny" / MODEL / "plans.json"
+    d = json.loads(plans.read_text())
+    d["plans_version"] = 99
+    plans.write_text(json.dumps(d))
+    code, _, err = run_command(predict_main, ["-i", str(raw / "casesTs"), "-o", str(tmp_path / "o"), "-d", "42",
+                                              "-c", "3d_fullres"], capsys)
+    assert code == 2 and "plan version 99 is not supported" in err
+    assert not (tmp_path / "o").exists()

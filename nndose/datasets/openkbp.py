@@ -31,6 +31,7 @@ FRACTIONS = 35
 BODY = "Body"
 GANTRY_ANGLES = tuple(float(a) for a in range(0, 360, 40))
 MACHINE = Machine("generic_6MV", 1000.0, 6.0)
+DOSE_QUANTUM_GY = 0.001  # dose.csv holds doses to three decimals
 
 
 def openkbp_to_lps(a: np.ndarray) -> np.ndarray:
@@ -95,7 +96,8 @@ def openkbp_dataset_info(name: str, num_training: int) -> DatasetInfo:
     structures = {**{o: "oar" for o in ORGANS}, **{t: "target" for t in TARGET_DOSES}, BODY: "body"}
     return DatasetInfo(name, structures, ".nii.gz", num_training,
                        "OpenKBP head-and-neck IMRT (AAPM 2020 challenge), converted by nndose_convert_openkbp",
-                       {"source": "openkbp", "reference": "Babier et al., Med Phys 48:5549, 2021"})
+                       {"source": "openkbp", "reference": "Babier et al., Med Phys 48:5549, 2021",
+                        "dose_quantum_gy": DOSE_QUANTUM_GY})
 
 
 def check_patient_folder(folder: Path, need_dose: bool) -> list[str]:

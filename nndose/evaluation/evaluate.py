@@ -29,7 +29,11 @@ def evaluate_case(case_dir: Path, prediction_path: Path, info: DatasetInfo) -> d
     body = case.structures.get(info.body) if info.body else None
     body = body if body is not None else body_from_ct(case.ct)
     rx = {p.structure: p.dose_gy for p in case.plan.prescriptions}
-    m = case_metrics(case.dose, pred, case.structures, info.structures, info.body, body, case.grid.voxel_volume_mm3, rx)
+    reference = case.dose.astype(np.float64)
+    quantum = info.extra.get("dose_quantum_gy")
+    if quantum:  # float32 storage moved the reference off its original grid of values; restore it exactly
+        reference = np.round(reference / quantum) * quantum
+    m = case_metrics(reference, pred.astype(np.float64), case.structures, info.structures, info.body, body, case.grid.voxel_volume_mm3, rx)
     m.update({"case": case.name, "site": case.plan.site, "modality": case.plan.modality,
               "reference_dose_gy": case.plan.reference_dose_gy})
     return m

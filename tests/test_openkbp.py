@@ -133,3 +133,57 @@ def test_real_openkbp_patients_round_trip_voxel_by_voxel(tmp_path, nndose_env, c
         b = read_sparse_csv(p / "dose.csv", True)
         nz = b[1] != 0
         assert np.array_equal(a[0], b[0][nz]) and np.array_equal(a[1], b[1][nz])
+
+
+def _challenge_scores(ref_dir, pred_csv_dir, patients):
+    """The OpenKBP challenge's computation, from the CSV files in float64 (written from its published
+    formulas: dose error over all voxels / body voxels; D_0.1cc and mean for organs, D99/D95/D1 for
+    targets; DVH score = mean over every (patient, structure, metric) entry)."""
+    dose_errors, dvh_errors = [], []
+    for p in patients:
+        ref = dense_from_sparse(*read_sparse_csv(ref_dir / p / "dose.csv", True, np.float64), np.float64)
+        pred = dense_from_sparse(*read_sparse_csv(pred_csv_dir / f"{p}.csv", True, np.float64), np.float64)
+        body = dense_from_sparse(read_sparse_csv(ref_dir / p / "possible_dose_mask.csv", False)[0], None, np.float64)
+        dose_errors.append(np.sum(np.abs(ref - pred)) / np.sum(body))
+        voxel = np.prod(np.loadtxt(ref_dir / p / "voxel_dimensions.csv"))
+        n = np.maximum(1, np.round(100 / voxel))
+        for roi in ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible",
+                    "PTV56", "PTV63", "PTV70"):
+            f = ref_dir / p / f"{roi}.csv"
+            if not f.is_file():
+                continue
+            mask = dense_from_sparse(read_sparse_csv(f, False)[0], None, np.uint8).astype(bool)
+            r, q = ref[mask], pred[mask]
+            if roi.startswith("PTV"):
+                for pct in (1, 5, 99):
+                    dvh_errors.append(abs(np.percentile(r, pct) - np.percentile(q, pct)))
+            else:
+                frac = 100 - n / r.size * 100
+                dvh_errors.append(abs(np.percentile(r, frac) - np.percentile(q, frac)))
+                dvh_errors.append(abs(r.mean() - q.mean()))
+    return float(np.mean(dose_errors)), float(np.mean(dvh_errors))
+
+
+def test_nndose_evaluate_agrees_with_the_challenge_computation(tmp_path, nndose_env, capsys):
+    from nndose.cli.evaluate import main as evaluate_main
+    from nndose.io.volumes import write_volume
+    for i, p in enumerate(("pt_3", "pt_9")):
+        synthetic_patient(tmp_path / "in" / p, seed=i)
+    assert run_command(convert_main, ["-i", str(tmp_path / "in"), "-d", "3", "--test", "-np", "1"], capsys)[0] == 0
+    ds = nndose_env["nndose_raw"] / "Dataset003_OpenKBP"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    rng = np.random.default_rng(5)
+    for p in ("pt_3", "pt_9"):
+        dose, grid = read_volume(ds / "casesTs" / p / "dose.nii.gz")
+        body, _ = read_volume(ds / "casesTs" / p / "structures/Body.nii.gz")
+        noisy = np.clip(dose + rng.normal(0, 3, dose.shape), 0, None) * (body > 0)
+        noisy[0, 0, 0] = 1.5  # a voxel outside the body still counts in the challenge's numerator
+        write_volume(pred / f"{p}.nii.gz", noisy.astype(np.float32), grid)
+    assert run_command(export_main, ["-i", str(pred), "-o", str(tmp_path / "csv")], capsys)[0] == 0
+    code, _, err = run_command(evaluate_main, ["-ref", str(ds / "casesTs"), "-pred", str(pred)], capsys)
+    assert code == 0, err
+    agg = json.loads((pred / "summary.json").read_text())["aggregate"]
+    dose_score, dvh_score = _challenge_scores(tmp_path / "in", tmp_path / "csv", ["pt_3", "pt_9"])
+    assert abs(agg["dose_score"] - dose_score) < 1e-6
+    assert abs(agg["dvh_score"] - dvh_score) < 1e-6

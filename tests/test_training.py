@@ -170,6 +170,17 @@ def test_predict_and_evaluate_from_the_command_line(env, capsys, tmp_path):
     code, _, err = run_command(evaluate_main, ["-ref", str(raw / "casesTs"), "-pred", str(perfect)], capsys)
     agg = json.loads((perfect / "summary.json").read_text())["aggregate"]
     assert code == 0 and agg["dose_score"] == 0 and agg["dvh_score"] == 0
+    assert set(json.loads((perfect / "summary.json").read_text())["breakdown"]) == {"site", "modality", "reference_dose_gy"}
+    # paired comparison needs two cases: duplicate the test case under a second name
+    shutil.copytree(raw / "casesTs/phantom_005", raw / "casesTs/phantom_105")
+    for folder in (out, perfect):
+        shutil.copy(folder / "phantom_005.nii.gz", folder / "phantom_105.nii.gz")
+    code, _, err = run_command(evaluate_main, ["-ref", str(raw / "casesTs"), "-pred", str(out), "--compare", str(perfect)], capsys)
+    comparison = json.loads((out / "summary.json").read_text())["comparison"]
+    shutil.rmtree(raw / "casesTs/phantom_105")
+    assert code == 0, err
+    assert comparison["n"] == 2 and comparison["dose_error_openkbp"]["mean_other"] == 0
+    assert 0 < comparison["dose_error_openkbp"]["wilcoxon_p"] <= 1
 
 
 def test_bad_input_to_train_and_predict(env, capsys, tmp_path):
@@ -195,4 +206,14 @@ def test_bad_input_to_train_and_predict(env, capsys, tmp_path):
     code, _, err = run_command(predict_main, ["-i", str(raw / "casesTs"), "-o", str(tmp_path / "o"), "-d", "42",
                                               "-c", "3d_fullres"], capsys)
     assert code == 2 and "plan version 99 is not supported" in err
+    assert not (tmp_path / "o").exists()
+    d["plans_version"] = 1
+    plans.write_text(json.dumps(d))
+    # a case holding a structure the model's dataset does not know
+    case = tmp_path / "in" / "odd_case"
+    shutil.copytree(raw / "casesTs/phantom_005", case)
+    shutil.copy(case / "structures/Body.nii.gz", case / "structures/Pancreas.nii.gz")
+    code, _, err = run_command(predict_main, ["-i", str(case.parent), "-o", str(tmp_path / "o"), "-d", "42",
+                                              "-c", "3d_fullres"], capsys)
+    assert code == 2 and "unknown structure 'Pancreas'" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()

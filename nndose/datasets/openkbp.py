@@ -49,7 +49,7 @@ def openkbp_grid(voxel_dims) -> Grid:
     return Grid((SHAPE[2], SHAPE[0], SHAPE[1]), spacing, tuple(-(n - 1) / 2 * s for n, s in zip(SHAPE, spacing)))
 
 
-def read_sparse_csv(path: Path, with_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def read_sparse_csv(path: Path, with_values: bool, dtype=np.float32) -> tuple[np.ndarray, np.ndarray | None]:
     """(flat indices, values) of an OpenKBP CSV (header ',data', rows 'index,value' or 'index,')."""
     if not path.is_file():
         raise NndoseError(f"{path}: file not found")
@@ -61,7 +61,7 @@ def read_sparse_csv(path: Path, with_values: bool) -> tuple[np.ndarray, np.ndarr
             if with_values:
                 table = np.loadtxt(f, delimiter=",", ndmin=2, dtype=np.float64)
                 idx = table[:, 0] if table.size else np.zeros(0)
-                values = table[:, 1].astype(np.float32) if table.size else np.zeros(0, np.float32)
+                values = table[:, 1].astype(dtype) if table.size else np.zeros(0, dtype)
             else:
                 idx = np.loadtxt(f, delimiter=",", usecols=0, ndmin=1, dtype=np.float64)
                 values = None

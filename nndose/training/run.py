@@ -1,6 +1,7 @@
 """Train one fold (optionally on several GPUs with DistributedDataParallel), then validate it."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -99,8 +100,6 @@ def _worker(rank, world, port, cls, plans, config, fold, pre, out, device_type, 
 
 def validate_fold(model_dir: Path, config: str, fold: str, pre: Path, device: torch.device) -> dict | None:
     """Predict the fold's validation cases with the full predictor; write validation/summary.json."""
-    import json
-
     if fold == "all":
         return None
     splits = json.loads((pre / "splits_final.json").read_text())

@@ -2,8 +2,7 @@
 
 Defaults (per epoch: 250 iterations; 300 epochs on a GPU): AdamW, learning rate 1e-3 with
 polynomial decay (exponent 0.9), weight decay 1e-4, masked MAE on dose / reference dose inside the
-body, gradient clipping at 12, mixed precision (fp16 + GradScaler) and channels-last-free plain
-eager mode on CUDA, fp32 on CPU. Each epoch ends with validation patches of the fold's validation
+body, gradient clipping at 12, mixed precision (fp16 + GradScaler) on CUDA, fp32 on the CPU. Each epoch ends with validation patches of the fold's validation
 cases; their MAE in Gy, smoothed with an exponential moving average (0.9), picks checkpoint_best.
 Checkpoints (latest every epoch, best, final) are written atomically, hold only tensors and plain
 values (torch.load(weights_only=True)), and `--c` resumes from the latest: the random streams are
@@ -12,7 +11,6 @@ re-seeded from (seed, epoch), so a resumed run repeats the epochs a killed one w
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -34,9 +32,6 @@ from nndose.training.losses import masked_mae
 from nndose.training.network import build_network
 from nndose.training.progress import plot_progress
 from nndose.training.splits import fold_cases, load_or_create_splits
-
-log = logging.getLogger("nndose.training")
-
 
 class nndoseTrainer:
     initial_lr = 1e-3

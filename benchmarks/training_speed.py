@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -29,7 +30,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("-o", type=Path, required=True)
+    ap.add_argument("--no_compile", action="store_true", help="eager mode on CUDA (compare with torch.compile)")
     args = ap.parse_args()
+    if args.no_compile:
+        os.environ["nndose_compile"] = "0"
     device = torch.device(args.device)
     plans = load_plans(args.preprocessed / PLANS_FILE)
     conf = configuration(plans, args.c)
@@ -78,7 +82,8 @@ def main() -> None:
                 torch.cuda.synchronize()
             timings["predict_one_case_tta_s" if tta else "predict_one_case_s"] = time.time() - s
     result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "amp": device.type == "cuda", "config": args.c,
+              "torch": torch.__version__, "amp": device.type == "cuda",
+              "torch_compile": device.type == "cuda" and not args.no_compile, "config": args.c,
               "patch_size_zyx": conf["patch_size_zyx"], "batch_size": conf["batch_size"],
               "features_per_stage": conf["network"]["features_per_stage"], "iterations_timed": args.iterations,
               "seconds_per_iteration": step_s, "samples_per_second": conf["batch_size"] / step_s,

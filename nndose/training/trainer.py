@@ -2,7 +2,8 @@
 
 Defaults (per epoch: 250 iterations; 300 epochs on a GPU): AdamW, learning rate 1e-3 with
 polynomial decay (exponent 0.9), weight decay 1e-4, masked MAE on dose / reference dose inside the
-body, gradient clipping at 12, mixed precision (fp16 + GradScaler) on CUDA, fp32 on the CPU. Each epoch ends with validation patches of the fold's validation
+body, gradient clipping at 12, mixed precision (fp16 + GradScaler) and torch.compile on CUDA, fp32
+eager mode on the CPU. Each epoch ends with validation patches of the fold's validation
 cases; their MAE in Gy, smoothed with an exponential moving average (0.9), picks checkpoint_best.
 Checkpoints (latest every epoch, best, final) are written atomically, hold only tensors and plain
 values (torch.load(weights_only=True)), and `--c` resumes from the latest: the random streams are
@@ -42,6 +43,7 @@ class nndoseTrainer:
     grad_clip = 12.0
     ema_momentum = 0.9
     seed = 12345
+    compile_on_cuda = True  # torch.compile the training model on CUDA (environment nndose_compile=0 turns it off)
 
     def __init__(self, plans: dict, config_name: str, fold: str | int, preprocessed_dir: Path, output_dir: Path,
                  device: torch.device, num_epochs: int | None = None, iterations_per_epoch: int | None = None,
@@ -119,6 +121,8 @@ class nndoseTrainer:
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
+        if self.device.type == "cuda" and self.compile_on_cuda and os.environ.get("nndose_compile", "1") != "0":
+            self.model = torch.compile(self.model)
         self.optimizer = self.configure_optimizer([p for p in self.network.parameters() if p.requires_grad])
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
 

@@ -97,13 +97,11 @@ class nndoseTrainer:
         cases = list_preprocessed_cases(self.data_dir)
         if not cases:
             raise NndoseError(f"{self.data_dir}: no preprocessed cases (run nndose_plan_and_preprocess)")
-        patients = {}
-        for c in cases:
-            props = json.loads((self.data_dir / f"{c}.json").read_text())
-            patients[c] = props.get("patient_id", c)
+        if self.fold == "all":  # everything trains; a fifth of it also gives the validation MAE
+            return cases, cases[:: 5]
+        patients = {c: json.loads((self.data_dir / f"{c}.json").read_text()).get("patient_id", c) for c in cases}
         splits = load_or_create_splits(self.preprocessed_dir / "splits_final.json", cases, patients)
-        train, val = fold_cases(splits, self.fold, cases)
-        return train, (val or train[: max(1, len(train) // 5)])
+        return fold_cases(splits, self.fold, cases)
 
     def _loader(self, cases, transforms, seed) -> DataLoader:
         batch = max(1, self.conf["batch_size"] // self.world_size)

@@ -5,10 +5,10 @@ Written by `experiment_planning`, read here. A configuration may inherit from an
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from nndose.errors import NndoseError
+from nndose.io.json_file import read_json
 
 PLANS_VERSION = 1
 PLANS_FILE = "nndosePlans.json"
@@ -19,13 +19,7 @@ BEAM_PREFIX = "beam_"
 
 
 def load_plans(path: Path | str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise NndoseError(f"{path}: plan file not found (run nndose_plan_and_preprocess first)")
-    try:
-        plans = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NndoseError(f"{path}: not valid JSON ({e})") from None
+    plans = read_json(path, "run nndose_plan_and_preprocess first")
     version = plans.get("plans_version") if isinstance(plans, dict) else None
     if version != PLANS_VERSION:
         raise NndoseError(f"{path}: plan version {version!r} is not supported by this nndose "

@@ -1,8 +1,5 @@
 """Sliding window, network shapes, mirroring with laterality."""
-import json
-
 import numpy as np
-import pytest
 import torch
 
 from nndose.inference.sliding_window import gaussian_weights, sliding_window, tile_starts
@@ -44,8 +41,14 @@ def test_network_shapes_and_linear_output():
     net = ResEncUNet(5, [4, 8, 16], [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [1, 2, 2]], [1, 1, 1], [1, 1])
     y = net(torch.randn(2, 5, 16, 16, 16))
     assert y.shape == (2, 1, 16, 16, 16)
-    assert y.min() < 0 < y.max() or True  # linear head: no activation constrains the sign
-    assert isinstance(net.head, torch.nn.Conv3d)
+    # linear head: shifting its bias moves every output one for one (an activation after it would not)
+    net.eval()
+    x = torch.randn(1, 5, 16, 16, 16)
+    with torch.no_grad():
+        before = net(x)
+        net.head.bias += 5.0
+        after = net(x)
+    assert before.min() < 0 and torch.allclose(after, before + 5.0, atol=1e-5)
 
 
 def test_lateral_pairs_and_mirror_commute():

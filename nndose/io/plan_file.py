@@ -4,12 +4,12 @@ Coordinates are DICOM patient coordinates (LPS, mm); angles follow IEC 61217 in 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nndose.errors import NndoseError
+from nndose.io.json_file import read_json
 
 MODALITIES = ("IMRT", "VMAT", "3D-CRT")
 ARC_DIRECTIONS = ("CW", "CCW")
@@ -190,11 +190,4 @@ def parse_plan(d: object, source: str = "plan.json") -> TreatmentPlan:
 
 
 def load_plan(path: Path | str) -> TreatmentPlan:
-    path = Path(path)
-    if not path.is_file():
-        raise NndoseError(f"{path}: file not found")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NndoseError(f"{path}: not valid JSON ({e})") from None
-    return parse_plan(d, str(path))
+    return parse_plan(read_json(path), str(path))

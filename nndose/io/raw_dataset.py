@@ -6,13 +6,13 @@ verifier and the preprocessor share one set of checks.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from nndose.errors import NndoseError
+from nndose.io.json_file import read_json
 from nndose.io.plan_file import InvalidPlan, TreatmentPlan, load_plan
 from nndose.io.volumes import Grid, read_volume
 
@@ -74,13 +74,7 @@ def parse_dataset_json(d: object, source: str) -> DatasetInfo:
 
 def load_dataset_json(dataset_dir: Path) -> DatasetInfo:
     path = Path(dataset_dir) / "dataset.json"
-    if not path.is_file():
-        raise NndoseError(f"{path}: file not found (every raw dataset needs a dataset.json)")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NndoseError(f"{path}: not valid JSON ({e})") from None
-    return parse_dataset_json(d, str(path))
+    return parse_dataset_json(read_json(path, "every raw dataset needs a dataset.json"), str(path))
 
 
 def list_cases(dataset_dir: Path, split: str = TRAIN_DIR) -> list[Path]:

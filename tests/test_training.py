@@ -217,3 +217,43 @@ def test_bad_input_to_train_and_predict(env, capsys, tmp_path):
                                               "-c", "3d_fullres"], capsys)
     assert code == 2 and "unknown structure 'Pancreas'" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_export_install_and_predict_without_training_data(env, capsys, tmp_path, monkeypatch):
+    import zipfile
+    from nndose.cli.model_sharing import export_main, install_main
+    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)
+    archive = tmp_path / "model.zip"
+    code, _, err = run_command(export_main, ["-d", "42", "-c", "3d_fullres", "-o", str(archive)], capsys)
+    assert code == 0, err
+    names = zipfile.ZipFile(archive).namelist()
+    assert f"Dataset042_Tiny/{MODEL}/fold_all/checkpoint_final.pth" in names
+    # a fresh results folder and no training data: only the archive and the case to predict
+    cases = tmp_path / "to_predict"
+    shutil.copytree(env / "nndose_raw/Dataset042_Tiny/casesTs", cases)
+    fresh = tmp_path / "fresh_results"
+    monkeypatch.setenv("nndose_results", str(fresh))
+    monkeypatch.setenv("nndose_raw", str(tmp_path / "no_raw"))
+    monkeypatch.setenv("nndose_preprocessed", str(tmp_path / "no_preprocessed"))
+    code, _, err = run_command(install_main, [str(archive)], capsys)
+    assert code == 0, err
+    code, _, err = run_command(predict_main, ["-i", str(cases), "-o", str(tmp_path / "pred"), "-d", "42",
+                                              "-c", "3d_fullres", "--device", "cpu", "--disable_tta"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "pred/phantom_005.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("member", ["../evil.json", "/etc/evil.json", "Dataset042_Tiny/x__y__z/../../evil.json",
+                                    "Dataset042_Tiny/x__y__z/notes.txt"])
+def test_install_refuses_unsafe_archives(tmp_path, monkeypatch, capsys, member):
+    import zipfile
+    from nndose.cli.model_sharing import install_main
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("Dataset042_Tiny/x__y__z/plans.json", "{}")
+        z.writestr(member, "boom")
+    results = tmp_path / "results"
+    monkeypatch.setenv("nndose_results", str(results))
+    code, _, err = run_command(install_main, [str(archive)], capsys)
+    assert code == 2 and "refusing archive member" in err
+    assert not (tmp_path / "evil.json").exists() and not results.exists()

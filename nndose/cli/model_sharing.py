@@ -1,0 +1,39 @@
+"""nndose_export_model -d ID -c CONFIG -o model.zip and nndose_install_model model.zip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nndose.cli.common import OneLineParser, run_cli
+from nndose.model_sharing import export_model, install_model
+from nndose.paths import parse_dataset_id, require_dataset, results_root
+
+
+def _export(argv) -> None:
+    ap = OneLineParser(prog="nndose_export_model", description="Pack a trained model into a zip archive.")
+    ap.add_argument("-d", required=True, help="dataset id")
+    ap.add_argument("-c", required=True, help="configuration")
+    ap.add_argument("-o", required=True, type=Path, help="output .zip")
+    ap.add_argument("-tr", default="nndoseTrainer", help="trainer class (default nndoseTrainer)")
+    ap.add_argument("-p", default="nndosePlans", help="plans name (default nndosePlans)")
+    ap.add_argument("-f", nargs="+", help="folds (default: every trained fold)")
+    ap.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint to export")
+    args = ap.parse_args(argv)
+    results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
+    members = export_model(results, args.tr, args.p, args.c, args.o, args.f, args.chk)
+    print(f"{args.o}: {len(members)} file(s)")
+
+
+def _install(argv) -> None:
+    ap = OneLineParser(prog="nndose_install_model", description="Install a model archive into $nndose_results.")
+    ap.add_argument("archive", type=Path)
+    args = ap.parse_args(argv)
+    for m in install_model(args.archive, results_root()):
+        print(f"installed {m}")
+
+
+def export_main(argv=None) -> None:
+    run_cli("nndose_export_model", _export, argv)
+
+
+def install_main(argv=None) -> None:
+    run_cli("nndose_install_model", _install, argv)

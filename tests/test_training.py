@@ -257,3 +257,41 @@ def test_install_refuses_unsafe_archives(tmp_path, monkeypatch, capsys, member):
     code, _, err = run_command(install_main, [str(archive)], capsys)
     assert code == 2 and "refusing archive member" in err
     assert not (tmp_path / "evil.json").exists() and not results.exists()
+
+
+def test_finetune_freezes_the_encoder_and_predicts(env, capsys, tmp_path):
+    from nndose.cli.finetune import main as finetune_main
+    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2", "--device", "cpu"], capsys)
+    source = env / "nndose_results/Dataset042_Tiny" / MODEL
+    target_raw = env / "nndose_raw/Dataset043_Sparing"
+    if not target_raw.exists():
+        generate_phantom_dataset(target_raw, 6, seed=2, style="sparing", num_processes=1, progress=False)
+        plan_main(["-d", "43", "-c", "3d_fullres", "-np", "1", *TINY_PLAN])
+    code, _, err = run_command(finetune_main, ["-d", "43", "-c", "3d_fullres", "-f", "all", "--pretrained", str(source),
+                                               "--epochs", "2", "--iterations_per_epoch", "3", "--device", "cpu"], capsys)
+    assert code == 0, err
+    before = torch.load(source / "fold_all/checkpoint_final.pth", weights_only=True)["network"]
+    tuned_dir = env / "nndose_results/Dataset043_Sparing/nndoseTrainer_Finetune__nndosePlans__3d_fullres"
+    after = torch.load(tuned_dir / "fold_all/checkpoint_final.pth", weights_only=True)["network"]
+    encoder = [k for k in before if k.startswith(("stem.", "encoder."))]
+    decoder = [k for k in before if k.startswith("decoder.") and k.endswith("weight")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    code, _, err = run_command(predict_main, ["-i", str(target_raw / "casesTs"), "-o", str(tmp_path / "p"), "-d", "43",
+                                              "-c", "3d_fullres", "-tr", "nndoseTrainer_Finetune", "--device", "cpu"], capsys)
+    assert code == 0, err
+
+
+def test_finetune_refuses_a_plan_with_other_channels(env, capsys, tmp_path):
+    from nndose.cli.finetune import main as finetune_main
+    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)
+    source = env / "nndose_results/Dataset042_Tiny" / MODEL
+    plans = json.loads((source / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["channels"] = plans["configurations"]["3d_fullres"]["channels"][:-1]
+    alien = tmp_path / "alien_model"
+    shutil.copytree(source, alien)
+    (alien / "plans.json").write_text(json.dumps(plans))
+    code, _, err = run_command(finetune_main, ["-d", "42", "-c", "3d_fullres", "-f", "all", "--pretrained", str(alien),
+                                               "--device", "cpu"], capsys)
+    assert code == 2 and "channels differ from the pretrained model's (beam_dose)" in err

@@ -1,0 +1,81 @@
+"""Transfer learning to a new planning style (Kandalan et al. recipe): start from a trained model,
+freeze the encoder, re-initialise the output layer, train with a tenth of the learning rate.
+
+The fine-tuned model keeps the pretrained network (topology and patch size) on the target
+dataset's plan; both plans must list the same input channels.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from nndose.errors import NndoseError
+from nndose.plans import configuration, load_plans
+from nndose.training.checkpoints import load_checkpoint
+from nndose.training.trainer import nndoseTrainer
+
+
+def finetune_plans(target_plans: dict, pretrained_plans: dict, config: str) -> dict:
+    """The target plan with the pretrained configuration's network and patch size; checks channels."""
+    target, source = configuration(target_plans, config), configuration(pretrained_plans, config)
+    if target["channels"] != source["channels"]:
+        missing = sorted(set(source["channels"]) ^ set(target["channels"]))
+        raise NndoseError(f"the target plan's {config} channels differ from the pretrained model's "
+                          f"({', '.join(missing[:6]) or 'order differs'}); the datasets need the same structure vocabulary")
+    plans = copy.deepcopy(target_plans)
+    conf = plans["configurations"][config]
+    conf["network"] = copy.deepcopy(source["network"])
+    conf["patch_size_zyx"] = list(source["patch_size_zyx"])
+    plans["finetuned_from"] = {"dataset": pretrained_plans.get("dataset_name"), "configuration": config}
+    return plans
+
+
+class nndoseTrainer_Finetune(nndoseTrainer):
+    """Set `pretrained_checkpoint`, `freeze`, `reinit_head` and `lr_scale` before initialize()."""
+    pretrained_checkpoint: Path | None = None
+    freeze = "encoder"
+    reinit_head = True
+    lr_scale = 0.1
+    num_epochs = 100
+
+    def build_network(self) -> torch.nn.Module:
+        net = super().build_network()
+        if self.pretrained_checkpoint is None:
+            raise NndoseError("fine-tuning needs a pretrained checkpoint")
+        ck = load_checkpoint(self.pretrained_checkpoint)
+        try:
+            net.load_state_dict(ck["network"])
+        except RuntimeError as e:
+            raise NndoseError(f"{self.pretrained_checkpoint}: weights do not fit the plan's network ({str(e).splitlines()[0]})") from None
+        if self.reinit_head:
+            net.head.reset_parameters()
+        if self.freeze == "encoder":
+            for module in net.encoder_modules:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+        return net
+
+    def configure_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.initial_lr * self.lr_scale, weight_decay=self.weight_decay)
+
+    def lr_at(self, epoch: int) -> float:
+        return super().lr_at(epoch) * self.lr_scale
+
+
+def pretrained_checkpoint(model_dir: Path, fold: str | None, checkpoint: str) -> Path:
+    model_dir = Path(model_dir)
+    if not (model_dir / "plans.json").is_file():
+        raise NndoseError(f"{model_dir}: not a trained model folder (no plans.json)")
+    folds = [fold] if fold else sorted(p.name[5:] for p in model_dir.glob("fold_*") if (p / checkpoint).is_file())
+    if not folds:
+        raise NndoseError(f"{model_dir}: no fold has {checkpoint}")
+    path = model_dir / f"fold_{folds[0]}" / checkpoint
+    if not path.is_file():
+        raise NndoseError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_pretrained_plans(model_dir: Path) -> dict:
+    return load_plans(Path(model_dir) / "plans.json")

@@ -295,3 +295,25 @@ def test_finetune_refuses_a_plan_with_other_channels(env, capsys, tmp_path):
     code, _, err = run_command(finetune_main, ["-d", "42", "-c", "3d_fullres", "-f", "all", "--pretrained", str(alien),
                                                "--device", "cpu"], capsys)
     assert code == 2 and "channels differ from the pretrained model's (beam_dose)" in err
+
+
+def test_cascade_trains_on_out_of_fold_stage1_predictions(env, capsys, tmp_path):
+    base = ["--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"]
+    code, _, err = run_command(train_main, ["42", "3d_cascade_fullres", "0", *base], capsys)
+    assert code == 2 and "lack one" in err and "train all five folds of 3d_fullres" in err
+    for fold in range(5):
+        assert run_command(train_main, ["42", "3d_fullres", str(fold), *base], capsys)[0] == 0
+    results = env / "nndose_results/Dataset042_Tiny"
+    oof = results / MODEL / "oof_predictions"
+    splits = json.loads((env / "nndose_preprocessed/Dataset042_Tiny/splits_final.json").read_text())
+    assert sorted(p.stem for p in oof.glob("*.b2nd")) == sorted(c for s in splits for c in s["val"])
+    code, out, err = run_command(train_main, ["42", "3d_cascade_fullres", "0", *base], capsys)
+    assert code == 0, err
+    cascade = results / "nndoseTrainer__nndosePlans__3d_cascade_fullres"
+    ck = torch.load(cascade / "fold_0/checkpoint_final.pth", weights_only=True)
+    assert ck["channels"][-1] == "dose_mask_10" and (cascade / "fold_0/validation/summary.json").is_file()
+    raw = env / "nndose_raw/Dataset042_Tiny"
+    code, _, err = run_command(predict_main, ["-i", str(raw / "casesTs"), "-o", str(tmp_path / "p"), "-d", "42",
+                                              "-c", "3d_cascade_fullres", "--device", "cpu", "--disable_tta"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "p/phantom_005.nii.gz").is_file()

@@ -35,7 +35,9 @@ def available_folds(model_dir: Path, checkpoint: str) -> list[str]:
 
 class DosePredictor:
     def __init__(self, model_dir: Path, config: str, folds=None, device: torch.device = torch.device("cpu"),
-                 use_tta: bool = True, checkpoint: str = "checkpoint_final.pth", step: float = 0.5):
+                 use_tta: bool = True, checkpoint: str = "checkpoint_final.pth", step: float = 0.5,
+                 previous_folds=None):
+        """previous_folds: the cascade's first-stage folds (default: all it has)."""
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise NndoseError(f"{self.model_dir}: no trained model here (train it, or install one)")
@@ -63,7 +65,8 @@ class DosePredictor:
         self.previous = None
         if self.conf.get("previous_stage"):
             prev_dir = Path(str(self.model_dir).rsplit("__", 1)[0] + "__" + self.conf["previous_stage"])
-            self.previous = DosePredictor(prev_dir, self.conf["previous_stage"], None, device, use_tta, checkpoint, step)
+            self.previous = DosePredictor(prev_dir, self.conf["previous_stage"], previous_folds, device, use_tta,
+                                          checkpoint, step)
 
     @torch.no_grad()
     def _predict_net(self, net, image: torch.Tensor) -> torch.Tensor:

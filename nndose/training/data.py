@@ -7,7 +7,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from nndose.preprocessing.storage import load_case
+from pathlib import Path
+
+from nndose.preprocessing.storage import load_case, open_array
 
 # Extra context sampled around a patch so that rotation and scaling do not pull in padding.
 CONTEXT = (1.1, 1.45, 1.45)
@@ -31,8 +33,11 @@ class PatchDataset(IterableDataset):
     """Endless (image, dose, reference dose) samples; a third of the patches centre on target voxels."""
 
     def __init__(self, folder, cases: list[str], patch_size, channel_pad: list[float], seed: int,
-                 transforms=None, foreground_fraction: float = 0.33, rank: int = 0, context=CONTEXT):
+                 transforms=None, foreground_fraction: float = 0.33, rank: int = 0, context=CONTEXT,
+                 stage1_dir=None, dose_mask_levels=()):
+        """stage1_dir/dose_mask_levels: the cascade's second stage appends (stage-1 prediction >= level) masks."""
         self.folder, self.cases, self.patch = folder, list(cases), tuple(int(p) for p in patch_size)
+        self.stage1_dir, self.levels = stage1_dir, tuple(dose_mask_levels)
         self.pad, self.seed, self.transforms, self.fg = channel_pad, seed, transforms, foreground_fraction
         self.rank = rank
         self.window = tuple(int(math.ceil(p * c)) for p, c in zip(self.patch, context)) if transforms else self.patch
@@ -56,7 +61,11 @@ class PatchDataset(IterableDataset):
             center = np.array([rng.integers(0, s) for s in shape])
         lo = np.minimum(np.maximum(center - win // 2, np.minimum(0, shape - win)), np.maximum(shape - win, 0))
         lo = np.where(shape < win, (shape - win) // 2, lo)  # center small volumes
-        img = crop_padded(data, lo, win, self.pad)
+        n_stored = data.shape[0]
+        img = crop_padded(data, lo, win, self.pad[:n_stored])
+        if self.levels:
+            stage1 = crop_padded(open_array(Path(self.stage1_dir) / f"{name}.b2nd"), lo, win, [0.0])
+            img = np.concatenate([img, np.stack([(stage1[0] >= t).astype(np.float32) for t in self.levels])])
         tgt = crop_padded(dose, lo, win, [0.0])
         image, target = torch.from_numpy(img), torch.from_numpy(tgt)
         if self.transforms is not None:

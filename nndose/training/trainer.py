@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write, atomic_write_json
-from nndose.plans import DOSE_MASK_PREFIX, configuration
+from nndose.plans import configuration
 from nndose.preprocessing.storage import list_preprocessed_cases
 from nndose.training.augmentation import training_transforms
 from nndose.training.checkpoints import load_checkpoint, save_checkpoint
@@ -33,6 +33,9 @@ from nndose.training.losses import masked_mae
 from nndose.training.network import build_network
 from nndose.training.progress import plot_progress
 from nndose.training.splits import fold_cases, load_or_create_splits
+
+OOF_DIR = "oof_predictions"  # stage-1 predictions of each case by the fold that did not train on it
+
 
 class nndoseTrainer:
     initial_lr = 1e-3
@@ -50,9 +53,6 @@ class nndoseTrainer:
                  rank: int = 0, world_size: int = 1, num_workers: int | None = None):
         self.plans, self.config_name, self.fold = plans, config_name, str(fold)
         self.conf = configuration(plans, config_name)
-        if any(c.startswith(DOSE_MASK_PREFIX) for c in self.conf["channels"]):
-            raise NndoseError(f"{config_name} needs out-of-fold stage-1 predictions; train {self.conf.get('previous_stage')} first "
-                              "and use the cascade trainer")
         self.preprocessed_dir = Path(preprocessed_dir)
         self.data_dir = self.preprocessed_dir / self.conf["data_identifier"]
         self.output_dir = Path(output_dir)
@@ -65,6 +65,10 @@ class nndoseTrainer:
         self.channels = self.conf["channels"]
         self.body_channel = self.channels.index("body")
         self.amp = device.type == "cuda"
+        self.stage1_dir = None
+        if self.conf.get("previous_stage"):  # cascade: stage-1 predictions made out of fold
+            self.stage1_dir = (self.output_dir.parent.parent / f"{type(self).__name__}__{plans['plans_name']}__"
+                               f"{self.conf['previous_stage']}" / OOF_DIR)
         self.log = {"train_loss": [], "val_mae_gy": [], "val_mae_ema_gy": [], "lr": [], "epoch_time_s": []}
         self.epoch = 0
         self.best_ema = float("inf")
@@ -103,17 +107,27 @@ class nndoseTrainer:
         splits = load_or_create_splits(self.preprocessed_dir / "splits_final.json", cases, patients)
         return fold_cases(splits, self.fold, cases)
 
+    def _check_stage1(self, cases: list[str]) -> None:
+        missing = [c for c in cases if not (self.stage1_dir / f"{c}.b2nd").is_file()]
+        if missing:
+            raise NndoseError(f"{self.config_name} trains on out-of-fold predictions of {self.conf['previous_stage']}: "
+                              f"{len(missing)} case(s) lack one in {self.stage1_dir} (train all five folds of "
+                              f"{self.conf['previous_stage']} with {type(self).__name__} first)")
+
     def _loader(self, cases, transforms, seed) -> DataLoader:
         batch = max(1, self.conf["batch_size"] // self.world_size)
         ds = PatchDataset(self.data_dir, cases, self.conf["patch_size_zyx"],
                           channel_pad_values(self.channels, self.plans["ct_normalization"]), seed, transforms,
-                          rank=self.rank)
+                          rank=self.rank, stage1_dir=self.stage1_dir,
+                          dose_mask_levels=self.conf.get("dose_mask_levels", ()) if self.stage1_dir else ())
         return DataLoader(ds, batch_size=batch, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
     def initialize(self) -> None:
         torch.manual_seed(self.seed)
         self.train_cases, self.val_cases = self._cases()
+        if self.stage1_dir is not None:
+            self._check_stage1(self.train_cases + self.val_cases)
         self.network = self.build_network().to(self.device)
         self.model = self.network
         if self.world_size > 1:

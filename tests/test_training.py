@@ -317,3 +317,20 @@ def test_cascade_trains_on_out_of_fold_stage1_predictions(env, capsys, tmp_path)
                                               "-c", "3d_cascade_fullres", "--device", "cpu", "--disable_tta"], capsys)
     assert code == 0, err
     assert (tmp_path / "p/phantom_005.nii.gz").is_file()
+
+
+def test_leave_site_out_training_never_sees_the_site(env, capsys):
+    code, _, err = run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1",
+                                            "--device", "cpu", "--exclude_sites", "head_neck"], capsys)
+    assert code == 0, err
+    folder = env / "nndose_results/Dataset042_Tiny/nndoseTrainer_without_head_neck__nndosePlans__3d_fullres"
+    assert (folder / "fold_all/checkpoint_final.pth").is_file()
+    t = _trainer(env)
+    t.exclude_sites = ("head_neck",)
+    train, val = t._cases()
+    pre = env / "nndose_preprocessed/Dataset042_Tiny/nndosePlans_3d_fullres"
+    sites = {json.loads((pre / f"{c}.json").read_text())["site"] for c in train + val}
+    assert "head_neck" not in sites and len(sites) == 3
+    code, _, err = run_command(train_main, ["42", "3d_fullres", "all", "--device", "cpu", "--exclude_sites",
+                                            "head_neck", "prostate", "lung", "liver"], capsys)
+    assert code == 2 and "leaves no case to train on" in err

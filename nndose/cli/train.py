@@ -19,6 +19,8 @@ def _main(argv) -> None:
     ap.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
     ap.add_argument("--val", action="store_true", help="only run the validation of a trained fold")
     ap.add_argument("-num_gpus", type=int, default=1, help="processes for DistributedDataParallel (default 1)")
+    ap.add_argument("--exclude_sites", nargs="+", default=[], metavar="SITE",
+                    help="leave these sites out of training (the model folder is named <Trainer>_without_<site>)")
     args = ap.parse_args(argv)
     for name in ("epochs", "iterations_per_epoch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -26,7 +28,7 @@ def _main(argv) -> None:
     if args.num_gpus < 1:
         raise NndoseError("-num_gpus must be at least 1")
     out = train_fold(parse_dataset_id(args.dataset), args.config, args.fold, args.tr, args.device, args.epochs,
-                     args.iterations_per_epoch, args.c, args.val, args.num_gpus)
+                     args.iterations_per_epoch, args.c, args.val, args.num_gpus, tuple(args.exclude_sites))
     print(f"{out}: done")
 
 

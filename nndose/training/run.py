@@ -42,12 +42,18 @@ def _free_port() -> int:
 
 def train_fold(dataset_id: int, config: str, fold: str, trainer_name: str = "nndoseTrainer", device: str | None = None,
                epochs: int | None = None, iterations: int | None = None, resume: bool = False, validate_only: bool = False,
-               num_gpus: int = 1) -> Path:
-    """Returns the fold's output folder."""
+               num_gpus: int = 1, exclude_sites: tuple[str, ...] = ()) -> Path:
+    """Returns the fold's output folder. With exclude_sites the model folder is named
+    <Trainer>_without_<site>[_<site>]__<plans>__<config> (pass that as -tr to nndose_predict)."""
     pre = require_dataset(preprocessed_root(), dataset_id, "preprocessed")
     plans = load_plans(pre / PLANS_FILE)
     configuration(plans, config)
     cls = trainer_class(trainer_name)
+    if exclude_sites:
+        if configuration(plans, config).get("previous_stage") or num_gpus > 1:
+            raise NndoseError("--exclude_sites works for single-process training of a first-stage configuration")
+        cls = type(f"{cls.__name__}_without_{'_'.join(sorted(exclude_sites))}", (cls,),
+                   {"exclude_sites": tuple(exclude_sites), "__module__": cls.__module__})
     if fold != "all" and not (fold.isdigit() and 0 <= int(fold) < 5):
         raise NndoseError(f"fold {fold!r} must be 0..4 or 'all'")
     model_dir = model_folder(results_root() / pre.name, cls.__name__, plans["plans_name"], config)

@@ -46,6 +46,7 @@ class nndoseTrainer:
     grad_clip = 12.0
     ema_momentum = 0.9
     seed = 12345
+    exclude_sites: tuple[str, ...] = ()  # leave-site-out: cases of these sites are neither trained nor validated on
     compile_on_cuda = True  # torch.compile the training model on CUDA (environment nndose_compile=0 turns it off)
 
     def __init__(self, plans: dict, config_name: str, fold: str | int, preprocessed_dir: Path, output_dir: Path,
@@ -101,11 +102,16 @@ class nndoseTrainer:
         cases = list_preprocessed_cases(self.data_dir)
         if not cases:
             raise NndoseError(f"{self.data_dir}: no preprocessed cases (run nndose_plan_and_preprocess)")
+        props = {c: json.loads((self.data_dir / f"{c}.json").read_text()) for c in cases}
+        keep = [c for c in cases if props[c].get("site") not in self.exclude_sites]
+        if not keep:
+            raise NndoseError(f"excluding {', '.join(self.exclude_sites)} leaves no case to train on")
         if self.fold == "all":  # everything trains; a fifth of it also gives the validation MAE
-            return cases, cases[:: 5]
-        patients = {c: json.loads((self.data_dir / f"{c}.json").read_text()).get("patient_id", c) for c in cases}
+            return keep, keep[:: 5]
+        patients = {c: props[c].get("patient_id", c) for c in cases}
         splits = load_or_create_splits(self.preprocessed_dir / "splits_final.json", cases, patients)
-        return fold_cases(splits, self.fold, cases)
+        train, val = fold_cases(splits, self.fold, cases)
+        return [c for c in train if c in keep], [c for c in val if c in keep] or keep[:: 5]
 
     def _check_stage1(self, cases: list[str]) -> None:
         missing = [c for c in cases if not (self.stage1_dir / f"{c}.b2nd").is_file()]

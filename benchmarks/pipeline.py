@@ -1,0 +1,60 @@
+"""Shared steps of the benchmark scripts: a work folder, phantoms, plans, training, prediction, scores."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from experiment_planning.plan_and_preprocess import main as plan_and_preprocess
+from nndose.datasets.phantoms import generate_phantom_dataset
+from nndose.evaluation.evaluate import evaluate_folder
+from nndose.inference.predictor import DosePredictor, predict_cases
+from nndose.io.raw_dataset import load_dataset_json
+from nndose.training.run import resolve_device, train_fold
+
+CPU_PLAN = ["--base_features", "8", "--max_features", "64", "--encoder_blocks", "1", "--max_patch", "32"]
+
+
+def use_work_folder(work: Path) -> Path:
+    work = Path(work).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    for var in ("nndose_raw", "nndose_preprocessed", "nndose_results"):
+        os.environ[var] = str(work / var)
+        (work / var).mkdir(parents=True)
+    return work
+
+
+def phantoms(dataset_id: int, name: str, n: int, seed: int, style: str = "standard", num_processes: int = 2) -> Path:
+    folder = Path(os.environ["nndose_raw"]) / f"Dataset{dataset_id:03d}_{name}"
+    generate_phantom_dataset(folder, n, seed=seed, style=style, num_processes=num_processes)
+    return folder
+
+
+def copy_raw(src: Path, dataset_id: int, name: str) -> Path:
+    dst = Path(os.environ["nndose_raw"]) / f"Dataset{dataset_id:03d}_{name}"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def plan(dataset_id: int, small_network: bool, extra: list[str] = (), num_processes: int = 2) -> None:
+    plan_and_preprocess(["-d", str(dataset_id), "-c", "3d_fullres", "-np", str(num_processes),
+                         *(CPU_PLAN if small_network else []), *extra])
+
+
+def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_sites=()) -> Path:
+    return train_fold(dataset_id, "3d_fullres", "all", "nndoseTrainer", device, epochs, iterations,
+                      exclude_sites=tuple(exclude_sites)).parent
+
+
+def predict_and_score(model_dir: Path, case_dirs: list[Path], raw: Path, out: Path, device: str) -> dict:
+    predictor = DosePredictor(model_dir, "3d_fullres", ["all"], resolve_device(device))
+    predict_cases(case_dirs, out, predictor, progress=False)
+    summary = evaluate_folder(case_dirs[0].parent, out, load_dataset_json(raw))
+    cases = summary["cases"]
+    agg = summary["aggregate"]
+    return {"cases": len(cases), "dose_score_gy": agg["dose_score"], "dvh_score_gy": agg["dvh_score"],
+            "mae_body_gy": agg["mae_body_gy"]["mean"],
+            "mae_percent_of_prescription": float(np.mean([c["mae_body_gy"] / c["reference_dose_gy"] * 100 for c in cases])),
+            "isodose_dice": {k: v["mean"] for k, v in agg["isodose_dice"].items()}}

@@ -38,23 +38,38 @@ def copy_raw(src: Path, dataset_id: int, name: str) -> Path:
     return dst
 
 
-def plan(dataset_id: int, small_network: bool, extra: list[str] = (), num_processes: int = 2) -> None:
-    plan_and_preprocess(["-d", str(dataset_id), "-c", "3d_fullres", "-np", str(num_processes),
+def plan(dataset_id: int, small_network: bool, extra: list[str] = (), num_processes: int = 2,
+         configs: tuple[str, ...] = ("3d_fullres",)) -> None:
+    plan_and_preprocess(["-d", str(dataset_id), "-c", *configs, "-np", str(num_processes),
                          *(CPU_PLAN if small_network else []), *extra])
 
 
-def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_sites=()) -> Path:
-    return train_fold(dataset_id, "3d_fullres", "all", "nndoseTrainer", device, epochs, iterations,
+def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_sites=(), config: str = "3d_fullres",
+          fold: str = "all") -> Path:
+    return train_fold(dataset_id, config, fold, "nndoseTrainer", device, epochs, iterations,
                       exclude_sites=tuple(exclude_sites)).parent
 
 
-def predict_and_score(model_dir: Path, case_dirs: list[Path], raw: Path, out: Path, device: str) -> dict:
-    predictor = DosePredictor(model_dir, "3d_fullres", ["all"], resolve_device(device))
-    predict_cases(case_dirs, out, predictor, progress=False)
-    summary = evaluate_folder(case_dirs[0].parent, out, load_dataset_json(raw))
+def score(case_dirs: list[Path], raw: Path, predictions: Path) -> dict:
+    """OpenKBP scores, MAE (Gy and % of prescription), isodose Dice, per-structure MAE and DVH point errors."""
+    summary = evaluate_folder(case_dirs[0].parent, predictions, load_dataset_json(raw))
     cases = summary["cases"]
     agg = summary["aggregate"]
+    points: dict[str, list[float]] = {}
+    for s in agg["structures"].values():
+        for k, v in s["abs_error"].items():
+            if v["mean"] is not None:
+                points.setdefault(k, []).append(v["mean"])
     return {"cases": len(cases), "dose_score_gy": agg["dose_score"], "dvh_score_gy": agg["dvh_score"],
             "mae_body_gy": agg["mae_body_gy"]["mean"],
             "mae_percent_of_prescription": float(np.mean([c["mae_body_gy"] / c["reference_dose_gy"] * 100 for c in cases])),
-            "isodose_dice": {k: v["mean"] for k, v in agg["isodose_dice"].items()}}
+            "isodose_dice": {k: v["mean"] for k, v in agg["isodose_dice"].items()},
+            "structure_mae_gy": {n: s["mae_gy"]["mean"] for n, s in agg["structures"].items()},
+            "dvh_point_abs_error_gy": {k: float(np.mean(v)) for k, v in sorted(points.items())}}
+
+
+def predict_and_score(model_dir: Path, case_dirs: list[Path], raw: Path, out: Path, device: str,
+                      config: str = "3d_fullres", folds=("all",)) -> dict:
+    predictor = DosePredictor(model_dir, config, list(folds), resolve_device(device))
+    predict_cases(case_dirs, out, predictor, progress=False)
+    return score(case_dirs, raw, out)

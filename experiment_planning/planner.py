@@ -140,7 +140,7 @@ def plan_experiment(fingerprint: dict, info: DatasetInfo, gpu_memory_target_gb: 
         "structures": dict(info.structures), "targets": info.targets, "organs": info.organs, "body": info.body,
         "crop_margin_mm": fingerprint["crop_margin_mm"],
         "ct_normalization": {"scheme": "clip_zscore", "clip_low": ct["percentile_00_5"], "clip_high": ct["percentile_99_5"],
-                             "mean": ct["mean"], "std": ct["std"]},
+                             "mean": ct["mean"], "std": max(ct["std"], 1.0)},
         "dose_normalization": {"scheme": "reference_dose", "reference": "highest_prescription",
                                "note": "target = dose / reference dose; prediction multiplies back"},
         "beam_channels": {"enabled": beam_channels, "arc_step_deg": 10.0, "margin_mm": 5.0, "penumbra_mm": 3.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nndose.cli.common import OneLineParser, run_cli
+from nndose.errors import NndoseError
 from nndose.inference.predictor import DosePredictor, model_folder, predict_folder
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 from nndose.training.run import resolve_device
@@ -23,12 +24,22 @@ def _main(argv) -> None:
     ap.add_argument("--save_spread", action="store_true", help="also write <case>_spread.nii.gz (std across folds)")
     ap.add_argument("--step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
     ap.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"], default="auto")
+    ap.add_argument("--dicom_out", type=Path, help="also write each prediction as an RTDOSE here (needs --dicom_ref)")
+    ap.add_argument("--dicom_ref", type=Path, help="the DICOM folder the cases were converted from (nndose_convert_dicom)")
     args = ap.parse_args(argv)
+    if (args.dicom_out is None) != (args.dicom_ref is None):
+        raise NndoseError("--dicom_out and --dicom_ref go together")
+    if args.dicom_ref is not None and not args.dicom_ref.is_dir():
+        raise NndoseError(f"{args.dicom_ref}: DICOM folder not found")
     results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
     predictor = DosePredictor(model_folder(results, args.tr, args.p, args.c), args.c, args.f, resolve_device(args.device),
                               not args.disable_tta, args.chk, args.step_size)
     cases = predict_folder(args.i, args.o, predictor, args.save_spread)
     print(f"{args.o}: predicted {len(cases)} case(s) with fold(s) {', '.join(predictor.folds)}")
+    if args.dicom_out is not None:
+        from nndose.dicom.export import export_dicom
+        written = export_dicom(args.o, args.dicom_ref, args.dicom_out)
+        print(f"{args.dicom_out}: wrote {len(written)} RTDOSE file(s)")
 
 
 def main(argv=None) -> None:

@@ -13,7 +13,7 @@ from nndose.dicom.rtdose import resample_dose
 from nndose.dicom.scan import scan_folder
 from nndose.io.plan_file import load_plan
 from nndose.io.volumes import Grid, read_volume, write_volume
-from tests import dicom_helpers as dh
+from nndose.dicom import synthetic as dh
 from tests.conftest import run_command, tree
 
 

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from nndose.dicom.compat import save_dataset
 from nndose.dicom.ct_series import grid_from_geometry
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write
@@ -130,4 +131,4 @@ def build_rtdose(dose: np.ndarray, grid: Grid, ct: pydicom.Dataset, plan: pydico
 
 
 def write_rtdose(path: Path, ds: pydicom.Dataset) -> None:
-    atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
+    atomic_write(path, lambda tmp: save_dataset(ds, tmp))

@@ -1,6 +1,7 @@
-"""A small synthetic DICOM RT patient written with pydicom: CT series, RTSTRUCT (ellipse body, a
-sphere PTV, a ring with a hole, two separate islands, a couch), RTPLAN (two static beams and an
-arc), RTDOSE on its own coarser grid holding an analytic linear dose."""
+"""A small synthetic DICOM RT patient written with pydicom, for tests, benchmarks and trying the
+DICOM commands: CT series, RTSTRUCT (ellipse body, a sphere PTV, a ring with a hole, two separate
+islands, a couch), RTPLAN (two static beams and an arc), RTDOSE on its own coarser grid holding an
+analytic linear dose."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from nndose.dicom.compat import save_dataset
 
 CT_SHAPE = (20, 40, 48)                 # z, y, x
 CT_SPACING = (2.0, 2.5, 3.0)            # x, y, z  (PixelSpacing = [2.5, 2.0])
@@ -96,7 +99,7 @@ def write_patient(folder: Path, patient: str = "P001", drop_ct_slice: int | None
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
         ds.PixelData = (hu[k] + 1024).astype(np.uint16).tobytes()
-        ds.save_as(folder / "CT" / f"CT.{k:03d}.dcm", enforce_file_format=True)
+        save_dataset(ds, folder / "CT" / f"CT.{k:03d}.dcm")
     ids["ct_z"] = [CT_ORIGIN[2] + k * CT_SPACING[2] for k in range(CT_SHAPE[0])]
     ss = _base("RTSTRUCT", "1.2.840.10008.5.1.4.1.1.481.3", ids)
     ref = pydicom.Dataset()
@@ -134,7 +137,7 @@ def write_patient(folder: Path, patient: str = "P001", drop_ct_slice: int | None
         rc.ReferencedROINumber, rc.ContourSequence = number, contours
         ss.ROIContourSequence.append(rc)
     if rtstruct:
-        ss.save_as(folder / "RS.dcm", enforce_file_format=True)
+        save_dataset(ss, folder / "RS.dcm")
     plan = _base("RTPLAN", "1.2.840.10008.5.1.4.1.1.481.5", ids)
     plan.FrameOfReferenceUID = ids["frame"]
     plan.RTPlanLabel = "synthetic"
@@ -170,7 +173,7 @@ def write_patient(folder: Path, patient: str = "P001", drop_ct_slice: int | None
     fg = pydicom.Dataset()
     fg.FractionGroupNumber, fg.NumberOfFractionsPlanned = 1, 35
     plan.FractionGroupSequence = [fg]
-    plan.save_as(folder / "RP.dcm", enforce_file_format=True)
+    save_dataset(plan, folder / "RP.dcm")
     ids["plan_uid"] = plan.SOPInstanceUID
     dose = _base("RTDOSE", "1.2.840.10008.5.1.4.1.1.481.2", ids)
     dose.FrameOfReferenceUID = dose_frame_uid or ids["frame"]
@@ -190,7 +193,7 @@ def write_patient(folder: Path, patient: str = "P001", drop_ct_slice: int | None
     values = analytic_dose(DOSE_ORIGIN[0] + xx * DOSE_SPACING[0], DOSE_ORIGIN[1] + yy * DOSE_SPACING[1],
                            DOSE_ORIGIN[2] + z * DOSE_SPACING[2])
     dose.PixelData = np.round(values / SCALING).astype(np.uint32).tobytes()
-    dose.save_as(folder / "RD.dcm", enforce_file_format=True)
+    save_dataset(dose, folder / "RD.dcm")
     return ids
 
 

@@ -1,0 +1,17 @@
+"""Writing DICOM files the same way under pydicom 2.4 and 3.x."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+
+PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
+
+
+def save_dataset(ds: pydicom.Dataset, path: Path) -> None:
+    """Write ds with its file meta (explicit VR little endian) as a Part-10 file."""
+    if PYDICOM_MAJOR >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)

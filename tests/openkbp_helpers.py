@@ -1,12 +1,12 @@
 """Writing small OpenKBP-format patients, and reading real ones from the shared archives."""
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
 from nndose.datasets.openkbp import SHAPE
+from nndose.datasets.openkbp_archives import extract_patients
 from tests.conftest import OPENKBP_ARCHIVES
 
 
@@ -44,19 +44,4 @@ def synthetic_patient(folder: Path, seed: int = 0) -> dict[str, np.ndarray]:
 
 def extract_real_patients(dest: Path, n: int = 2) -> list[Path]:
     """The first n validation patients from ../shared (the test skips when the archive is absent)."""
-    archive = OPENKBP_ARCHIVES / "openkbp-validation.tar.xz"
-    patients: list[str] = []
-    with tarfile.open(archive, "r:xz") as tar:
-        for member in tar:
-            parts = Path(member.name).parts
-            if len(parts) < 2:
-                continue
-            if parts[1] not in patients:
-                if len(patients) == n:
-                    break
-                patients.append(parts[1])
-            if member.isfile():
-                target = dest / parts[1] / parts[-1]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(tar.extractfile(member).read())
-    return [dest / p for p in patients]
+    return extract_patients(OPENKBP_ARCHIVES / "openkbp-validation.tar.xz", dest, n)

@@ -334,3 +334,24 @@ def test_leave_site_out_training_never_sees_the_site(env, capsys):
     code, _, err = run_command(train_main, ["42", "3d_fullres", "all", "--device", "cpu", "--exclude_sites",
                                             "head_neck", "prostate", "lung", "liver"], capsys)
     assert code == 2 and "leaves no case to train on" in err
+
+
+def test_time_budget_shortens_the_schedule(env, capsys):
+    t = _trainer(env)
+    t.num_epochs, t.time_budget_s = 300, 100.0
+    t.epoch = 2
+    t.fit_to_time_budget(elapsed_s=20.0, epochs_done=2)      # 10 s per epoch, 80 s left -> 8 more epochs
+    assert t.num_epochs == 10 and t.lr_at(9) > 0
+    t.epoch = 10
+    t.fit_to_time_budget(elapsed_s=130.0, epochs_done=10)    # over budget: stop after this epoch
+    assert t.num_epochs == 10
+    t.time_budget_s = None
+    t.fit_to_time_budget(elapsed_s=1e6, epochs_done=10)
+    assert t.num_epochs == 10
+    code, out, err = run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "50", "--iterations_per_epoch", "1",
+                                              "--device", "cpu", "--time_budget_minutes", "0.02"], capsys)
+    assert code == 0, err
+    log = (env / "nndose_results/Dataset042_Tiny" / MODEL / "fold_all/training_log.txt").read_text().splitlines()
+    assert 1 <= len(log) < 50
+    code, _, err = run_command(train_main, ["42", "3d_fullres", "0", "--time_budget_minutes", "0"], capsys)
+    assert code == 2 and "must be positive" in err

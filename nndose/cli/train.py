@@ -21,6 +21,8 @@ def _main(argv) -> None:
     ap.add_argument("-num_gpus", type=int, default=1, help="processes for DistributedDataParallel (default 1)")
     ap.add_argument("--exclude_sites", nargs="+", default=[], metavar="SITE",
                     help="leave these sites out of training (the model folder is named <Trainer>_without_<site>)")
+    ap.add_argument("--time_budget_minutes", type=float,
+                    help="fit the number of epochs (and the learning-rate schedule) into this wall-clock budget")
     args = ap.parse_args(argv)
     for name in ("epochs", "iterations_per_epoch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -28,7 +30,8 @@ def _main(argv) -> None:
     if args.num_gpus < 1:
         raise NndoseError("-num_gpus must be at least 1")
     out = train_fold(parse_dataset_id(args.dataset), args.config, args.fold, args.tr, args.device, args.epochs,
-                     args.iterations_per_epoch, args.c, args.val, args.num_gpus, tuple(args.exclude_sites))
+                     args.iterations_per_epoch, args.c, args.val, args.num_gpus, tuple(args.exclude_sites),
+                     args.time_budget_minutes)
     print(f"{out}: done")
 
 

@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 def train_fold(dataset_id: int, config: str, fold: str, trainer_name: str = "nndoseTrainer", device: str | None = None,
                epochs: int | None = None, iterations: int | None = None, resume: bool = False, validate_only: bool = False,
-               num_gpus: int = 1, exclude_sites: tuple[str, ...] = ()) -> Path:
+               num_gpus: int = 1, exclude_sites: tuple[str, ...] = (), time_budget_minutes: float | None = None) -> Path:
     """Returns the fold's output folder. With exclude_sites the model folder is named
     <Trainer>_without_<site>[_<site>]__<plans>__<config> (pass that as -tr to nndose_predict)."""
     pre = require_dataset(preprocessed_root(), dataset_id, "preprocessed")
@@ -56,6 +56,9 @@ def train_fold(dataset_id: int, config: str, fold: str, trainer_name: str = "nnd
                    {"exclude_sites": tuple(exclude_sites), "__module__": cls.__module__})
     if fold != "all" and not (fold.isdigit() and 0 <= int(fold) < 5):
         raise NndoseError(f"fold {fold!r} must be 0..4 or 'all'")
+    if time_budget_minutes is not None and time_budget_minutes <= 0:
+        raise NndoseError("--time_budget_minutes must be positive")
+    budget_s = None if time_budget_minutes is None else 60.0 * time_budget_minutes
     model_dir = model_folder(results_root() / pre.name, cls.__name__, plans["plans_name"], config)
     out = model_dir / f"fold_{fold}"
     dev = resolve_device(device)
@@ -64,17 +67,19 @@ def train_fold(dataset_id: int, config: str, fold: str, trainer_name: str = "nnd
         if (out / "checkpoint_final.pth").is_file() and resume:
             log.info("fold already trained; validating")
         elif world > 1:  # started by torchrun
-            _worker(int(os.environ["RANK"]), world, None, cls, plans, config, fold, pre, out, dev.type, epochs, iterations, resume)
+            _worker(int(os.environ["RANK"]), world, None, cls, plans, config, fold, pre, out, dev.type, epochs, iterations, resume,
+                    budget_s)
         elif num_gpus > 1:
             if dev.type == "cuda" and torch.cuda.device_count() < num_gpus:
                 raise NndoseError(f"-num_gpus {num_gpus}: only {torch.cuda.device_count()} CUDA device(s)")
             port = _free_port()
             torch.multiprocessing.spawn(_worker, args=(num_gpus, port, cls, plans, config, fold, pre, out, dev.type,
-                                                       epochs, iterations, resume), nprocs=num_gpus, join=True)
+                                                       epochs, iterations, resume, budget_s), nprocs=num_gpus, join=True)
         else:
             if (out / "checkpoint_latest.pth").is_file() and not resume:
                 raise NndoseError(f"{out} holds an unfinished run; continue it with --c or delete the folder")
             trainer = cls(plans, config, fold, pre, out, dev, epochs, iterations)
+            trainer.time_budget_s = budget_s
             trainer.initialize()
             if resume and (out / "checkpoint_latest.pth").is_file():
                 trainer.load(out / "checkpoint_latest.pth")
@@ -86,7 +91,7 @@ def train_fold(dataset_id: int, config: str, fold: str, trainer_name: str = "nnd
     return out
 
 
-def _worker(rank, world, port, cls, plans, config, fold, pre, out, device_type, epochs, iterations, resume):
+def _worker(rank, world, port, cls, plans, config, fold, pre, out, device_type, epochs, iterations, resume, budget_s=None):
     if port is not None:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ["MASTER_PORT"] = str(port)
@@ -97,6 +102,7 @@ def _worker(rank, world, port, cls, plans, config, fold, pre, out, device_type, 
         if device.type == "cuda":
             torch.cuda.set_device(device)
         trainer = cls(plans, config, fold, pre, out, device, epochs, iterations, rank=rank, world_size=world)
+        trainer.time_budget_s = budget_s
         trainer.initialize()
         if resume and (out / "checkpoint_latest.pth").is_file():
             trainer.load(out / "checkpoint_latest.pth")

@@ -41,6 +41,7 @@ class nndoseTrainer:
     initial_lr = 1e-3
     weight_decay = 1e-4
     num_epochs = 300
+    time_budget_s: float | None = None   # when set, num_epochs shrinks so that training ends within it
     iterations_per_epoch = 250
     val_iterations = 25
     grad_clip = 12.0
@@ -205,6 +206,7 @@ class nndoseTrainer:
     def run_training(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.network.train()
+        run_start, first_epoch = time.time(), self.epoch
         while self.epoch < self.num_epochs:
             start = time.time()
             lr = self.lr_at(self.epoch)
@@ -223,9 +225,21 @@ class nndoseTrainer:
             del train
             val_mae = self.validation_mae_gy(iter(self._loader(self.val_cases, None, seed + 7)))
             self.on_epoch_end(float(np.mean(losses)), val_mae, lr, time.time() - start)
+            self.fit_to_time_budget(time.time() - run_start, self.epoch - first_epoch)
         self.save("checkpoint_final.pth")
         if self.is_main:
             (self.output_dir / "checkpoint_latest.pth").unlink(missing_ok=True)
+
+    def fit_to_time_budget(self, elapsed_s: float, epochs_done: int) -> None:
+        """With time_budget_s, cut num_epochs to what the mean epoch time so far lets finish in the budget
+        (the learning-rate schedule follows the new length)."""
+        if not self.time_budget_s or epochs_done < 1:
+            return
+        fits = int((self.time_budget_s - elapsed_s) // (elapsed_s / epochs_done))
+        epochs = torch.tensor(max(self.epoch, min(self.num_epochs, self.epoch + fits)), device=self.device)
+        if self.world_size > 1:   # every rank must stop after the same epoch: rank 0 decides
+            torch.distributed.broadcast(epochs, src=0)
+        self.num_epochs = int(epochs)
 
     def on_epoch_end(self, train_loss: float, val_mae: float, lr: float, seconds: float) -> None:
         ema_prev = self.log["val_mae_ema_gy"][-1] if self.log["val_mae_ema_gy"] else val_mae

@@ -1,0 +1,150 @@
+"""Inference speed and peak memory for one OpenKBP case (128^3) with the default OpenKBP plan.
+
+Rows (each in its own process, so each peak memory is its own):
+  nndose_1fold / nndose_1fold_tta / nndose_5folds_tta: whole nndose_predict path for one case
+      (preprocessing, sliding window, mirroring, fold ensemble, resampling back), seconds per case;
+  network_1fold: nndose's sliding window alone on the preprocessed case;
+  monai_1fold: MONAI's sliding_window_inference (Gaussian blending, overlap 0.5) over the same
+      network and input: the reference loop; ratio = network_1fold / monai_1fold.
+The network has random weights (speed does not depend on them). Needs the OpenKBP archives
+(default ../shared/data/openkbp) for the plan and the case; MONAI for the reference row.
+
+python -m benchmarks.inference -o benchmarks/results/inference_<machine>.json [--device cpu|cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = ("network_1fold", "monai_1fold", "nndose_1fold", "nndose_1fold_tta", "nndose_5folds_tta")
+
+
+def setup(work: Path, archives: Path) -> None:
+    """Three OpenKBP validation patients as a dataset, its default plan, and a 5-fold model folder."""
+    import torch
+
+    from experiment_planning.plan_and_preprocess import main as plan_main
+    from nndose.datasets.openkbp import convert_openkbp
+    from nndose.datasets.openkbp_archives import extract_patients
+    from nndose.plans import PLANS_FILE, configuration, load_plans
+    from nndose.training.checkpoints import save_checkpoint
+    from nndose.training.network import build_network
+
+    shutil.rmtree(work, ignore_errors=True)
+    for var in ("nndose_raw", "nndose_preprocessed", "nndose_results"):
+        os.environ[var] = str(work / var)
+    patients = extract_patients(archives / "openkbp-validation.tar.xz", work / "csv", 3)
+    raw = work / "nndose_raw" / "Dataset950_OpenKBPSpeed"
+    convert_openkbp(patients[0].parent, raw, num_processes=1, progress=False)
+    plan_main(["-d", "950", "--plan_only", "-np", "1"])
+    pre = work / "nndose_preprocessed" / raw.name
+    plans = load_plans(pre / PLANS_FILE)
+    model = work / "model"
+    model.mkdir()
+    shutil.copy(pre / PLANS_FILE, model / "plans.json")
+    shutil.copy(raw / "dataset.json", model / "dataset.json")
+    channels = configuration(plans, "3d_fullres")["channels"]
+    for fold in range(5):
+        torch.manual_seed(fold)
+        net = build_network(plans, "3d_fullres")
+        save_checkpoint(model / f"fold_{fold}" / "checkpoint_final.pth", {"network": net.state_dict(), "channels": channels})
+
+
+def run_row(work: Path, row: str, device_name: str) -> dict:
+    import torch
+
+    from nndose.inference.predictor import DosePredictor
+    from nndose.io.raw_dataset import TRAIN_DIR, list_cases, load_case
+    from nndose.preprocessing.preprocess_case import preprocess_case
+    from nndose.training.data import channel_pad_values
+
+    device = torch.device(device_name)
+    folds = ["0", "1", "2", "3", "4"] if row == "nndose_5folds_tta" else ["0"]
+    predictor = DosePredictor(work / "model", "3d_fullres", folds, device, use_tta=row.endswith("_tta"))
+    case_dir = list_cases(work / "nndose_raw" / "Dataset950_OpenKBPSpeed", TRAIN_DIR)[0]
+    case = load_case(case_dir, predictor.info, require_dose=False)
+    patch = predictor.conf["patch_size_zyx"]
+    net = predictor.networks[0]
+    data, _, _ = preprocess_case(case, predictor.info, predictor.plans, predictor.conf)
+    image = torch.from_numpy(data).to(device)
+    amp = device.type == "cuda"
+
+    def forward(x):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            return net(x).float()
+
+    forward(torch.zeros(1, image.shape[0], *patch, device=device))          # warm-up: one patch
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    start = time.perf_counter()
+    if row == "network_1fold":
+        from nndose.inference.sliding_window import sliding_window
+        sliding_window(forward, image, patch, 0.5, channel_pad_values(predictor.conf["channels"], predictor.plans["ct_normalization"]))
+    elif row == "monai_1fold":
+        from monai.inferers import sliding_window_inference
+        with torch.no_grad():
+            sliding_window_inference(image[None], patch, 1, forward, overlap=0.5, mode="gaussian")
+    else:
+        predictor.predict_case(case)
+    sync()
+    seconds = time.perf_counter() - start
+    return {"row": row, "seconds": seconds, "case_shape_zyx": list(case.grid.shape_zyx),
+            "preprocessed_shape_zyx": list(data.shape[1:]),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-o", type=Path)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/nndose_inference_bench"))
+    ap.add_argument("--openkbp", type=Path, default=REPO.parent / "shared" / "data" / "openkbp")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    ap.add_argument("--row", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    import torch
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.row:
+        print("ROW " + json.dumps(run_row(args.work, args.row, device)))
+        return
+    if args.o is None:
+        ap.error("-o is required")
+    setup(args.work, args.openkbp)
+    env = dict(os.environ, nndose_raw=str(args.work / "nndose_raw"))
+    rows = {}
+    for row in args.rows:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.inference", "--work", str(args.work), "--row", row,
+                              "--device", device], cwd=REPO, env=env, capture_output=True, text=True)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("ROW ")), None)
+        if out.returncode or line is None:
+            raise SystemExit(f"row {row} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+        rows[row] = json.loads(line[4:])
+        print(f"{row:20s} {rows[row]['seconds']:8.2f} s  peak RSS {rows[row]['peak_rss_gib']:.2f} GiB", flush=True)
+    from nndose.plans import configuration, load_plans
+    conf = configuration(load_plans(args.work / "model" / "plans.json"), "3d_fullres")
+    result = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                          "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
+                          "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None},
+              "plan": {"patch_size_zyx": conf["patch_size_zyx"], "network": conf["network"], "channels": len(conf["channels"])},
+              "rows": rows}
+    if "network_1fold" in rows and "monai_1fold" in rows:
+        result["network_over_monai"] = rows["network_1fold"]["seconds"] / rows["monai_1fold"]["seconds"]
+    args.o.parent.mkdir(parents=True, exist_ok=True)
+    args.o.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,9 @@ Rows (each in its own process, so each peak memory is its own):
       (preprocessing, sliding window, mirroring, fold ensemble, resampling back), seconds per case;
   network_1fold: nndose's sliding window alone on the preprocessed case;
   monai_1fold: MONAI's sliding_window_inference (Gaussian blending, overlap 0.5) over the same
-      network and input: the reference loop; ratio = network_1fold / monai_1fold.
+      network and input: the reference loop; ratio = network_1fold / monai_1fold;
+  nndose_1fold_512x512x200: the same patient resampled onto a 512x512x200 CT grid (0.98 mm
+      in-plane): peak memory of a clinical-size grid.
 The network has random weights (speed does not depend on them). Needs the OpenKBP archives
 (default ../shared/data/openkbp) for the plan and the case; MONAI for the reference row.
 
@@ -25,7 +27,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ("network_1fold", "monai_1fold", "nndose_1fold", "nndose_1fold_tta", "nndose_5folds_tta")
+ROWS = ("network_1fold", "monai_1fold", "nndose_1fold", "nndose_1fold_tta", "nndose_5folds_tta", "nndose_1fold_512x512x200")
+LARGE_SHAPE_ZYX = (200, 512, 512)
 
 
 def setup(work: Path, archives: Path) -> None:
@@ -52,11 +55,35 @@ def setup(work: Path, archives: Path) -> None:
     model.mkdir()
     shutil.copy(pre / PLANS_FILE, model / "plans.json")
     shutil.copy(raw / "dataset.json", model / "dataset.json")
+    _large_case(raw)
     channels = configuration(plans, "3d_fullres")["channels"]
     for fold in range(5):
         torch.manual_seed(fold)
         net = build_network(plans, "3d_fullres")
         save_checkpoint(model / f"fold_{fold}" / "checkpoint_final.pth", {"network": net.state_dict(), "channels": channels})
+
+
+def _large_case(raw: Path) -> None:
+    """The first case resampled onto a 512x512x200 grid covering the same field of view (work/large/<case>)."""
+    import SimpleITK as sitk
+
+    from nndose.io.raw_dataset import TRAIN_DIR, list_cases
+    case = list_cases(raw, TRAIN_DIR)[0]
+    dest = raw.parent / "large" / case.name
+    (dest / "structures").mkdir(parents=True)
+    shutil.copy(case / "plan.json", dest / "plan.json")
+    ref_img = sitk.ReadImage(str(case / "ct.nii.gz"))
+    size = ref_img.GetSize()
+    spacing = [sp * n / m for sp, n, m in zip(ref_img.GetSpacing(), size, LARGE_SHAPE_ZYX[::-1])]
+    ref = sitk.Image(*LARGE_SHAPE_ZYX[::-1], sitk.sitkInt16)
+    ref.SetSpacing(spacing)
+    ref.SetOrigin(ref_img.TransformContinuousIndexToPhysicalPoint([-0.5 + 0.5 * s / ref_img.GetSpacing()[i] for i, s in enumerate(spacing)]))
+    ref.SetDirection(ref_img.GetDirection())
+    for src in [case / "ct.nii.gz", *sorted((case / "structures").glob("*.nii.gz"))]:
+        img = sitk.ReadImage(str(src))
+        interp = sitk.sitkLinear if src.name == "ct.nii.gz" else sitk.sitkNearestNeighbor
+        out = sitk.Resample(img, ref, sitk.Transform(), interp, -1024 if src.name == "ct.nii.gz" else 0, img.GetPixelID())
+        sitk.WriteImage(out, str(dest / src.relative_to(case)), useCompression=True)
 
 
 def run_row(work: Path, row: str, device_name: str) -> dict:
@@ -71,6 +98,8 @@ def run_row(work: Path, row: str, device_name: str) -> dict:
     folds = ["0", "1", "2", "3", "4"] if row == "nndose_5folds_tta" else ["0"]
     predictor = DosePredictor(work / "model", "3d_fullres", folds, device, use_tta=row.endswith("_tta"))
     case_dir = list_cases(work / "nndose_raw" / "Dataset950_OpenKBPSpeed", TRAIN_DIR)[0]
+    if row.endswith("512x512x200"):
+        case_dir = work / "nndose_raw" / "large" / case_dir.name
     case = load_case(case_dir, predictor.info, require_dose=False)
     patch = predictor.conf["patch_size_zyx"]
     net = predictor.networks[0]

@@ -1,6 +1,7 @@
 """Transfer to a new planning style (Kandalan et al.): a model trained on the source style
 ("standard" phantoms) against the same model fine-tuned (encoder frozen, head re-initialised, a
-tenth of the learning rate) on a few cases of the target style ("sparing": stronger organ-at-risk
+tenth of the learning rate) on a few cases of the target style (also with the source's output
+layer kept, trained on fold 0's four fifths of those cases) ("sparing": stronger organ-at-risk
 sparing), and against a model trained from scratch on those few target cases. All three predict
 the target style's held-out cases; reported: isodose Dice 10-100 %, DVH point errors, OpenKBP
 scores, MAE. Writes JSON.
@@ -47,6 +48,10 @@ def main() -> None:
     tuned = finetune_fold(941, "3d_fullres", "all", source_model, epochs=args.finetune_epochs,
                           iterations=args.iterations, device=args.device).parent
     result["finetuned_model"] = pipeline.predict_and_score(tuned, test, target, args.work / "pred/finetuned", args.device)
+    tuned_keep = finetune_fold(941, "3d_fullres", "0", source_model, reinit_head=False, epochs=args.finetune_epochs,
+                               iterations=args.iterations, device=args.device).parent
+    result["finetuned_keep_head_fold0"] = pipeline.predict_and_score(tuned_keep, test, target, args.work / "pred/keep_head",
+                                                                     args.device, folds=("0",))
     scratch = pipeline.train(941, args.epochs, args.iterations, args.device)
     result["target_from_scratch"] = pipeline.predict_and_score(scratch, test, target, args.work / "pred/scratch", args.device)
     result["seconds"] = time.time() - start

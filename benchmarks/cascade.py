@@ -10,10 +10,8 @@ python benchmarks/cascade.py -o benchmarks/results/cascade_<machine>.json [--n 6
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 from benchmarks import pipeline
 from nndose.io.raw_dataset import TEST_DIR, list_cases
@@ -21,22 +19,14 @@ from nndose.io.raw_dataset import TEST_DIR, list_cases
 FOLDS = ("0", "1", "2", "3", "4")
 
 
-def _validation(model_dir: Path) -> dict:
+def _validation(model_dir) -> dict:
     scores = [json.loads((model_dir / f"fold_{f}" / "validation" / "summary.json").read_text())["aggregate"] for f in FOLDS]
     return {"dose_score_gy": sum(s["dose_score"] for s in scores) / len(scores),
             "dvh_score_gy": sum(s["dvh_score"] for s in scores) / len(scores)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("-o", type=Path, required=True)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/nndose_cascade"))
-    ap.add_argument("--n", type=int, default=60)
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--iterations", type=int, default=50)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--small_network", action="store_true", help="the demo's CPU-sized network")
-    ap.add_argument("-np", type=int, default=8)
+    ap = pipeline.phantom_benchmark_parser(__doc__, "/tmp/nndose_cascade", 60)
     args = ap.parse_args()
     start = time.time()
     pipeline.use_work_folder(args.work)
@@ -54,9 +44,7 @@ def main() -> None:
                                                  config=config, folds=FOLDS)
         result[key]["out_of_fold_validation"] = _validation(dirs[config])
     result["seconds"] = time.time() - start
-    args.o.parent.mkdir(parents=True, exist_ok=True)
-    args.o.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    pipeline.write_result(args.o, result)
 
 
 if __name__ == "__main__":

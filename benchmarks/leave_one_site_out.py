@@ -6,10 +6,7 @@ python benchmarks/leave_one_site_out.py --site liver -o benchmarks/results/loso_
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 from benchmarks import pipeline
 from nndose.io.plan_file import load_plan
@@ -17,16 +14,8 @@ from nndose.io.raw_dataset import TEST_DIR, list_cases
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = pipeline.phantom_benchmark_parser(__doc__, "/tmp/nndose_loso", 80)
     ap.add_argument("--site", default="liver")
-    ap.add_argument("-o", type=Path, required=True)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/nndose_loso"))
-    ap.add_argument("--n", type=int, default=80)
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--iterations", type=int, default=50)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--small_network", action="store_true")
-    ap.add_argument("-np", type=int, default=8)
     args = ap.parse_args()
     start = time.time()
     pipeline.use_work_folder(args.work)
@@ -39,9 +28,7 @@ def main() -> None:
         model = pipeline.train(920, args.epochs, args.iterations, args.device, excluded)
         result[key] = pipeline.predict_and_score(model, site_cases, raw, args.work / "pred" / key, args.device)
     result["seconds"] = time.time() - start
-    args.o.parent.mkdir(parents=True, exist_ok=True)
-    args.o.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    pipeline.write_result(args.o, result)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Shared steps of the benchmark scripts: a work folder, phantoms, plans, training, prediction, scores."""
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +17,27 @@ from nndose.io.raw_dataset import load_dataset_json
 from nndose.training.run import resolve_device, train_fold
 
 CPU_PLAN = ["--base_features", "8", "--max_features", "64", "--encoder_blocks", "1", "--max_patch", "32"]
+
+
+def phantom_benchmark_parser(doc: str, work: str, n: int | None = 80) -> argparse.ArgumentParser:
+    """The options every phantom benchmark shares (-o, --work, --n, --epochs, --iterations, --device, ...)."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("-o", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path(work))
+    if n is not None:
+        ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--iterations", type=int, default=50)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--small_network", action="store_true", help="the demo's CPU-sized network")
+    ap.add_argument("-np", type=int, default=8)
+    return ap
+
+
+def write_result(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
 
 
 def use_work_folder(work: Path) -> Path:

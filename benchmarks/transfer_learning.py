@@ -10,10 +10,7 @@ python benchmarks/transfer_learning.py -o benchmarks/results/transfer_<machine>.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 from benchmarks import pipeline
 from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, list_cases
@@ -21,17 +18,10 @@ from nndose.training.run_finetune import finetune_fold
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("-o", type=Path, required=True)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/nndose_transfer"))
+    ap = pipeline.phantom_benchmark_parser(__doc__, "/tmp/nndose_transfer", None)
     ap.add_argument("--n_source", type=int, default=80)
     ap.add_argument("--n_target", type=int, default=30, help="target-style phantoms; a fifth are held out")
-    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--finetune_epochs", type=int, default=20)
-    ap.add_argument("--iterations", type=int, default=50)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--small_network", action="store_true", help="the demo's CPU-sized network")
-    ap.add_argument("-np", type=int, default=8)
     args = ap.parse_args()
     start = time.time()
     pipeline.use_work_folder(args.work)
@@ -55,9 +45,7 @@ def main() -> None:
     scratch = pipeline.train(941, args.epochs, args.iterations, args.device)
     result["target_from_scratch"] = pipeline.predict_and_score(scratch, test, target, args.work / "pred/scratch", args.device)
     result["seconds"] = time.time() - start
-    args.o.parent.mkdir(parents=True, exist_ok=True)
-    args.o.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    pipeline.write_result(args.o, result)
 
 
 if __name__ == "__main__":

@@ -307,6 +307,11 @@ def test_cascade_trains_on_out_of_fold_stage1_predictions(env, capsys, tmp_path)
     oof = results / MODEL / "oof_predictions"
     splits = json.loads((env / "nndose_preprocessed/Dataset042_Tiny/splits_final.json").read_text())
     assert sorted(p.stem for p in oof.glob("*.b2nd")) == sorted(c for s in splits for c in s["val"])
+    from nndose.preprocessing.storage import load_case as load_preprocessed, open_array
+    data_dir = env / "nndose_preprocessed/Dataset042_Tiny" / load_plans(
+        env / "nndose_preprocessed/Dataset042_Tiny/nndosePlans.json")["configurations"]["3d_fullres"]["data_identifier"]
+    for p in oof.glob("*.b2nd"):   # out-of-fold predictions lie on the stored preprocessed grid
+        assert open_array(p).shape[1:] == load_preprocessed(data_dir, p.stem)[0].shape[1:]
     code, out, err = run_command(train_main, ["42", "3d_cascade_fullres", "0", *base], capsys)
     assert code == 0, err
     cascade = results / "nndoseTrainer__nndosePlans__3d_cascade_fullres"

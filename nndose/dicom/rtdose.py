@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
-from nndose.dicom.compat import save_dataset
+from nndose.dicom.compat import new_instance, save_dataset
 from nndose.dicom.ct_series import grid_from_geometry
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write
@@ -87,19 +86,12 @@ def build_rtdose(dose: np.ndarray, grid: Grid, ct: pydicom.Dataset, plan: pydico
     scaling = float(_ds_number(max(float(dose.max()), 1e-6) / UINT32_MAX * (1 + 1e-9)))
     pixels = np.round(dose / scaling).astype(np.uint32)
     now = datetime.datetime.now()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_DOSE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = RT_DOSE_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds = new_instance(RT_DOSE_STORAGE, "RTDOSE")
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                 "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID"):
         setattr(ds, key, ct.get(key, ""))
-    ds.Modality = "RTDOSE"
     ds.Manufacturer = "nndose"
     ds.SeriesDescription = "nndose predicted dose"
     ds.SeriesInstanceUID = generate_uid()

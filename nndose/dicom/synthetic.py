@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
-from nndose.dicom.compat import save_dataset
+from nndose.dicom.compat import new_instance, save_dataset
 
 CT_SHAPE = (20, 40, 48)                 # z, y, x
 CT_SPACING = (2.0, 2.5, 3.0)            # x, y, z  (PixelSpacing = [2.5, 2.0])
@@ -53,13 +52,7 @@ STRUCTURE_MAP = {"site": "pelvis", "structures": {
 
 
 def _base(modality: str, sop_class: str, ids: dict) -> pydicom.Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, meta.MediaStorageSOPInstanceUID, modality
+    ds = new_instance(sop_class, modality)
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^" + ids["patient"], ids["patient"], "19600101", "O"
     ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = ids["study"], "20260101", "120000", "1"
     ds.SeriesInstanceUID = generate_uid()

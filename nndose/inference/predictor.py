@@ -95,18 +95,25 @@ class DosePredictor:
         preds = torch.stack([self._predict_net(net, image) for net in self.networks])
         return preds.mean(0).cpu().numpy(), preds.std(0, unbiased=False).cpu().numpy()
 
-    def predict_case(self, case: RawCase) -> tuple[np.ndarray, np.ndarray]:
-        """(dose in Gy, spread in Gy across folds), both on the case's original grid."""
+    def predict_case_normalized(self, case: RawCase) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(dose / reference dose, its spread across folds) on the preprocessed grid, and the case properties."""
         stored = [c for c in self.conf["channels"] if not c.startswith(DOSE_MASK_PREFIX)]
-        conf = {**self.conf, "channels": stored}
-        data, _, props = preprocess_case(case, self.info, self.plans, conf)
+        data, _, props = preprocess_case(case, self.info, self.plans, {**self.conf, "channels": stored})
         mean, std = self.predict_preprocessed(data)
+        return mean, std, props
+
+    def to_gy(self, case: RawCase, mean: np.ndarray, std: np.ndarray, props: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Normalized prediction -> (dose in Gy, spread in Gy) on the case's original grid, zero outside the body."""
         ref = props["reference_dose_gy"]
         body = case.structures.get(self.info.body) if self.info.body else None
         if body is None:
             body = body_from_ct(case.ct)
         return (to_original_grid(np.maximum(mean, 0) * ref, props, body),
                 to_original_grid(std * ref, props, body))
+
+    def predict_case(self, case: RawCase) -> tuple[np.ndarray, np.ndarray]:
+        """(dose in Gy, spread in Gy across folds), both on the case's original grid."""
+        return self.to_gy(case, *self.predict_case_normalized(case))
 
 
 def to_original_grid(volume: np.ndarray, props: dict, body: np.ndarray) -> np.ndarray:
@@ -132,7 +139,9 @@ def predict_folder(in_dir: Path, out_dir: Path, predictor: DosePredictor, save_s
 
 
 def predict_cases(cases: list[Path], out_dir: Path, predictor: DosePredictor, save_spread: bool = False,
-                  progress: bool = True) -> list[str]:
+                  progress: bool = True, on_normalized=None) -> list[str]:
+    """on_normalized(case name, prediction on the preprocessed grid), when given, sees each case's
+    normalized prediction before it is taken back to the original grid."""
     from tqdm import tqdm
 
     for c in cases:  # every input is checked before anything is written
@@ -143,7 +152,10 @@ def predict_cases(cases: list[Path], out_dir: Path, predictor: DosePredictor, sa
     out_dir.mkdir(parents=True, exist_ok=True)
     for case_dir in tqdm(cases, desc="predict", unit="case", disable=not progress):
         case = load_case(case_dir, predictor.info, require_dose=False)
-        dose, spread = predictor.predict_case(case)
+        mean, std, props = predictor.predict_case_normalized(case)
+        if on_normalized is not None:
+            on_normalized(case.name, mean)
+        dose, spread = predictor.to_gy(case, mean, std, props)
         write_volume(out_dir / f"{case.name}.nii.gz", dose, case.grid)
         if save_spread:
             write_volume(out_dir / f"{case.name}_spread.nii.gz", spread, case.grid)

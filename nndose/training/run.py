@@ -17,7 +17,7 @@ from nndose.io.atomic import atomic_write_json
 from nndose.io.raw_dataset import TRAIN_DIR, load_dataset_json
 from nndose.paths import find_dataset, preprocessed_root, raw_root, require_dataset, results_root
 from nndose.plans import PLANS_FILE, configuration, load_plans
-from nndose.preprocessing.storage import load_case, save_array
+from nndose.preprocessing.storage import save_array
 from nndose.training.trainer import OOF_DIR, write_model_folder_files
 from nndose.training.trainer_variants import trainer_class
 
@@ -124,12 +124,11 @@ def validate_fold(model_dir: Path, config: str, fold: str, pre: Path, device: to
     cases = [raw / TRAIN_DIR / c for c in val]
     out = model_dir / f"fold_{fold}" / "validation"
     predictor = DosePredictor(model_dir, config, [fold], device, use_tta=True, previous_folds=[fold])
-    data_dir = pre / configuration(predictor.plans, config)["data_identifier"]
-    for c in val:  # out-of-fold predictions on the preprocessed grid, for a cascade's second stage
-        mean, _ = predictor.predict_preprocessed(load_case(data_dir, c, mmap=False)[0])
-        (model_dir / OOF_DIR).mkdir(exist_ok=True)
-        save_array(model_dir / OOF_DIR / f"{c}.b2nd", mean[None])
-    predict_cases(cases, out, predictor)
+    (model_dir / OOF_DIR).mkdir(exist_ok=True)
+
+    def save_out_of_fold(name, normalized):  # on the preprocessed grid, for a cascade's second stage
+        save_array(model_dir / OOF_DIR / f"{name}.b2nd", normalized[None])
+    predict_cases(cases, out, predictor, on_normalized=save_out_of_fold)
     summary = evaluate_folder(raw / TRAIN_DIR, out, load_dataset_json(raw))
     atomic_write_json(out / "summary.json", summary)
     agg = summary["aggregate"]

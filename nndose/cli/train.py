@@ -27,6 +27,8 @@ def _main(argv) -> None:
     for name in ("epochs", "iterations_per_epoch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise NndoseError(f"--{name} must be at least 1")
+    if args.time_budget_minutes is not None and args.time_budget_minutes <= 0:
+        raise NndoseError("--time_budget_minutes must be positive")
     if args.num_gpus < 1:
         raise NndoseError("-num_gpus must be at least 1")
     out = train_fold(parse_dataset_id(args.dataset), args.config, args.fold, args.tr, args.device, args.epochs,

@@ -131,21 +131,25 @@ class BeamProjection:
 
 
 def project_beam(density: np.ndarray, grid: Grid, frame: BeamFrame, bev: BevGrid, energy_mv: float,
-                 points: np.ndarray | None = None) -> BeamProjection:
+                 points: np.ndarray | None = None, flat_index: np.ndarray | None = None,
+                 step_fraction: float = 0.5) -> BeamProjection:
     """Ray-trace one beam direction: radiological depth on rays through `bev`, sampled at every voxel.
 
-    `points` (optional, for speed) must be grid.physical_points().reshape(-1, 3).
+    `points` (optional, for speed) must be grid.physical_points().reshape(-1, 3), or the physical
+    points of the voxels with flat indices `flat_index` (e.g. the body's): only those get a dose,
+    and rays start at the first of them they reach. Rays are sampled every `step_fraction` of the
+    finest voxel spacing.
     """
     if points is None:
         points = grid.physical_points().reshape(-1, 3)
     u, v, r = project(points, frame)
     iu = u / bev.pixel_mm - bev.iu0
     iv = v / bev.pixel_mm - bev.iv0
-    reach = (iu >= -1) & (iu <= bev.nu) & (iv >= -1) & (iv <= bev.nv) & (r > 0)
-    voxels = np.flatnonzero(reach)
-    iu, iv, r = iu[voxels], iv[voxels], r[voxels]
+    reach = np.flatnonzero((iu >= -1) & (iu <= bev.nu) & (iv >= -1) & (iv <= bev.nv) & (r > 0))
+    voxels = reach if flat_index is None else flat_index[reach]
+    iu, iv, r = iu[reach], iv[reach], r[reach]
     # Radiological depth on a coarser BEV grid (pixel ~ voxel spacing) and central-axis steps of half a voxel.
-    step = 0.5 * float(min(grid.spacing_xyz))
+    step = step_fraction * float(min(grid.spacing_xyz))
     dpix = max(bev.pixel_mm, float(min(grid.spacing_xyz)))
     du = (iu + bev.iu0) * bev.pixel_mm / dpix
     dv = (iv + bev.iv0) * bev.pixel_mm / dpix
@@ -179,13 +183,18 @@ def project_beam(density: np.ndarray, grid: Grid, frame: BeamFrame, bev: BevGrid
 
 def beam_geometry_channel(ct_hu: np.ndarray, grid: Grid, target_mask: np.ndarray, directions: list[BeamDirection],
                           isocenter_mm, sad_mm: float, energy_mv: float, margin_mm: float = 5.0,
-                          penumbra_mm: float = 3.0, pixel_mm: float = 2.0) -> np.ndarray:
+                          penumbra_mm: float = 3.0, pixel_mm: float = 2.0, within: np.ndarray | None = None) -> np.ndarray:
     """Pseudo-dose of unmodulated fields conformed to the targets' BEV, summed over beam directions.
 
     Normalized to a mean of 1 inside the targets, so the channel is comparable across cases.
+    `within` (e.g. the body): dose only there, zero elsewhere, and rays traced from where they enter
+    it (matter outside, such as the couch, does not attenuate); several times faster. Rays are
+    sampled every voxel spacing: the channel differs by < 1 % of its target mean from half-voxel steps.
     """
     density = hu_to_density(ct_hu)
-    points = grid.physical_points().reshape(-1, 3)
+    flat_index = None if within is None else np.flatnonzero(within | target_mask)
+    points = grid.physical_points().reshape(-1, 3) if flat_index is None else grid.index_to_physical(
+        np.stack(np.unravel_index(flat_index, ct_hu.shape), axis=1).astype(float))
     tpoints = subvoxel_points(target_mask, grid)
     total = np.zeros(ct_hu.shape, dtype=np.float32)
     if len(tpoints) == 0:
@@ -194,7 +203,7 @@ def beam_geometry_channel(ct_hu: np.ndarray, grid: Grid, target_mask: np.ndarray
         frame = beam_frame(direction, isocenter_mm, sad_mm)
         u, v, _ = project(tpoints, frame)
         bev = bev_grid_around(u, v, pixel_mm, margin_mm + 3.0 * penumbra_mm)
-        proj = project_beam(density, grid, frame, bev, energy_mv, points)
+        proj = project_beam(density, grid, frame, bev, energy_mv, points, flat_index, step_fraction=1.0)
         fluence = aperture(bev, splat(bev, u, v), margin_mm, penumbra_mm)
         total += direction.weight * proj.deposit(fluence, ct_hu.shape)
     mean_in_target = float(total[target_mask].mean()) if target_mask.any() else 0.0

@@ -44,7 +44,7 @@ def build_channels(names: list[str], ct_hu: np.ndarray, grid: Grid, structures: 
             directions = plan_directions(plan, beam_opts["arc_step_deg"])
             out[i] = beam_geometry_channel(ct_hu, grid, target_union, directions, plan.isocenter_mm,
                                            plan.machine.sad_mm, plan.machine.energy_mv, beam_opts["margin_mm"],
-                                           beam_opts["penumbra_mm"], beam_opts["pixel_mm"]) * body
+                                           beam_opts["penumbra_mm"], beam_opts["pixel_mm"], within=body) * body
         elif name.startswith("organ_"):
             organ = name[len("organ_"):]
             if organ in structures:

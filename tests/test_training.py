@@ -72,6 +72,22 @@ def test_training_lowers_the_loss(env, cls):
     assert np.isfinite(first) and last < 0.6 * first
 
 
+def test_batch_stream_is_the_same_for_any_worker_count_and_restartable(env):
+    t = _trainer(env)
+    transforms = t.get_training_transforms()
+
+    def batches(workers, first, n):
+        it = iter(t._loader(t.train_cases, transforms, 5, first_batch=first, num_workers=workers))
+        return [next(it) for _ in range(n)]
+
+    serial, parallel, restarted = batches(0, 0, 5), batches(2, 0, 5), batches(0, 3, 2)
+    assert not torch.equal(serial[0][0], serial[1][0])
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for a, b in zip(serial[3:], restarted):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 def test_checkpoints_load_with_weights_only(env, capsys):
     code, _, err = run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "2", "--iterations_per_epoch", "2",
                                             "--device", "cpu"], capsys)
@@ -272,7 +288,12 @@ def test_finetune_freezes_the_encoder_and_predicts(env, capsys, tmp_path):
     assert code == 0, err
     before = torch.load(source / "fold_all/checkpoint_final.pth", weights_only=True)["network"]
     tuned_dir = env / "nndose_results/Dataset043_Sparing/nndoseTrainer_Finetune__nndosePlans__3d_fullres"
-    after = torch.load(tuned_dir / "fold_all/checkpoint_final.pth", weights_only=True)["network"]
+    tuned = torch.load(tuned_dir / "fold_all/checkpoint_final.pth", weights_only=True)
+    after = tuned["network"]
+    # pretrained layers at a tenth of the rate, the re-initialised head at the full rate
+    groups = tuned["optimizer"]["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [0.1, 1.0] and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    assert len(groups[1]["params"]) == 2   # head weight and bias
     encoder = [k for k in before if k.startswith(("stem.", "encoder."))]
     decoder = [k for k in before if k.startswith("decoder.") and k.endswith("weight")]
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)

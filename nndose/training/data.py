@@ -1,6 +1,7 @@
 """Random training patches from the preprocessed cases, as a torch IterableDataset."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -30,16 +31,21 @@ def crop_padded(array, start, size, pad_values) -> np.ndarray:
 
 
 class PatchDataset(IterableDataset):
-    """Endless (image, dose, reference dose) samples; a third of the patches centre on target voxels."""
+    """Endless batches of (image, dose, reference dose) samples; a third of the patches centre on
+    target voxels. Batch b (counted from `first_batch`) is drawn from a generator seeded with
+    (seed, rank, b), whichever loader worker makes it: the stream does not depend on the number of
+    workers, and a loader made for epoch e (first_batch = e * batches per epoch) repeats exactly what
+    an uninterrupted run saw from there, so one loader can live for the whole training."""
 
     def __init__(self, folder, cases: list[str], patch_size, channel_pad: list[float], seed: int,
                  transforms=None, foreground_fraction: float = 0.33, rank: int = 0, context=CONTEXT,
-                 stage1_dir=None, dose_mask_levels=()):
-        """stage1_dir/dose_mask_levels: the cascade's second stage appends (stage-1 prediction >= level) masks."""
+                 stage1_dir=None, dose_mask_levels=(), batch_size: int = 1, first_batch: int = 0):
+        """stage1_dir/dose_mask_levels: the cascade's second stage appends (stage-1 prediction >= level) masks.
+        Give the DataLoader the same batch_size: each worker yields whole batches."""
         self.folder, self.cases, self.patch = folder, list(cases), tuple(int(p) for p in patch_size)
         self.stage1_dir, self.levels = stage1_dir, tuple(dose_mask_levels)
         self.pad, self.seed, self.transforms, self.fg = channel_pad, seed, transforms, foreground_fraction
-        self.rank = rank
+        self.rank, self.batch_size, self.first_batch = rank, int(batch_size), int(first_batch)
         self.window = tuple(int(math.ceil(p * c)) for p, c in zip(self.patch, context)) if transforms else self.patch
         self._targets: dict[str, np.ndarray] = {}
 
@@ -75,12 +81,14 @@ class PatchDataset(IterableDataset):
 
     def __iter__(self):
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        rng = np.random.default_rng([self.seed, self.rank, worker])
-        torch.manual_seed(int(rng.integers(2 ** 31)))
-        np.random.seed(int(rng.integers(2 ** 31)))  # batchgeneratorsv2 draws from numpy's global state
-        while True:
-            yield self.sample(rng)
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # the DataLoader asks its workers for batches in turn: worker w makes batches w, w + W, ...
+        for b in itertools.count(self.first_batch + worker, workers):
+            rng = np.random.default_rng([self.seed, self.rank, b])
+            torch.manual_seed(int(rng.integers(2 ** 31)))
+            np.random.seed(int(rng.integers(2 ** 31)))  # batchgeneratorsv2 draws from numpy's global state
+            for _ in range(self.batch_size):
+                yield self.sample(rng)
 
 
 def channel_pad_values(channels: list[str], ct_norm: dict) -> list[float]:

@@ -6,8 +6,9 @@ body, gradient clipping at 12, mixed precision (fp16 + GradScaler) and torch.com
 eager mode on the CPU. Each epoch ends with validation patches of the fold's validation
 cases; their MAE in Gy, smoothed with an exponential moving average (0.9), picks checkpoint_best.
 Checkpoints (latest every epoch, best, final) are written atomically, hold only tensors and plain
-values (torch.load(weights_only=True)), and `--c` resumes from the latest: the random streams are
-re-seeded from (seed, epoch), so a resumed run repeats the epochs a killed one would have run.
+values (torch.load(weights_only=True)), and `--c` resumes from the latest. One training and one
+validation loader live for the whole run (workers start once); every batch is drawn from a stream
+seeded by (seed, batch index), so a resumed run repeats the batches a killed one would have drawn.
 """
 from __future__ import annotations
 
@@ -121,14 +122,16 @@ class nndoseTrainer:
                               f"{len(missing)} case(s) lack one in {self.stage1_dir} (train all five folds of "
                               f"{self.conf['previous_stage']} with {type(self).__name__} first)")
 
-    def _loader(self, cases, transforms, seed) -> DataLoader:
+    def _loader(self, cases, transforms, seed, first_batch: int = 0, num_workers: int | None = None) -> DataLoader:
         batch = max(1, self.conf["batch_size"] // self.world_size)
         ds = PatchDataset(self.data_dir, cases, self.conf["patch_size_zyx"],
                           channel_pad_values(self.channels, self.plans["ct_normalization"]), seed, transforms,
                           rank=self.rank, stage1_dir=self.stage1_dir,
-                          dose_mask_levels=self.conf.get("dose_mask_levels", ()) if self.stage1_dir else ())
-        return DataLoader(ds, batch_size=batch, num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+                          dose_mask_levels=self.conf.get("dose_mask_levels", ()) if self.stage1_dir else (),
+                          batch_size=batch, first_batch=first_batch)
+        workers = self.num_workers if num_workers is None else num_workers
+        return DataLoader(ds, batch_size=batch, num_workers=workers, pin_memory=self.device.type == "cuda",
+                          prefetch_factor=4 if workers else None)
 
     def initialize(self) -> None:
         torch.manual_seed(self.seed)
@@ -207,13 +210,15 @@ class nndoseTrainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.network.train()
         run_start, first_epoch = time.time(), self.epoch
+        train = iter(self._loader(self.train_cases, self.get_training_transforms(), self.seed,
+                                  self.epoch * self.iterations_per_epoch))
+        val = iter(self._loader(self.val_cases, None, self.seed + 7919, self.epoch * self.val_iterations,
+                                num_workers=self.num_workers // 4))
         while self.epoch < self.num_epochs:
             start = time.time()
             lr = self.lr_at(self.epoch)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
-            seed = self.seed * 1000 + self.epoch
-            train = iter(self._loader(self.train_cases, self.get_training_transforms(), seed))
+            for g in self.optimizer.param_groups:   # a group may carry its own multiplier (fine-tuning)
+                g["lr"] = lr * g.get("lr_mult", 1.0)
             losses = []
             bar = tqdm(range(self.iterations_per_epoch), desc=f"epoch {self.epoch + 1}/{self.num_epochs}",
                        disable=not self.is_main, leave=False)
@@ -222,10 +227,10 @@ class nndoseTrainer:
                 losses.append(self.train_step(image.to(self.device, non_blocking=True),
                                               target.to(self.device, non_blocking=True)))
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-            del train
-            val_mae = self.validation_mae_gy(iter(self._loader(self.val_cases, None, seed + 7)))
-            self.on_epoch_end(float(np.mean(losses)), val_mae, lr, time.time() - start)
+            val_mae = self.validation_mae_gy(val)
+            self.on_epoch_end(float(np.mean(losses)), val_mae, self.optimizer.param_groups[0]["lr"], time.time() - start)
             self.fit_to_time_budget(time.time() - run_start, self.epoch - first_epoch)
+        del train, val   # stops the loader workers
         self.save("checkpoint_final.pth")
         if self.is_main:
             (self.output_dir / "checkpoint_latest.pth").unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""nndose_finetune -d TARGET -c CONFIG -f FOLD --pretrained MODEL_FOLDER [--freeze encoder|none] [--reinit_head] [--lr_scale 0.1]"""
+"""nndose_finetune -d TARGET -c CONFIG -f FOLD --pretrained MODEL_FOLDER [--freeze encoder|none] [--reinit_head] [--lr_scale 0.1] [--head_lr_scale 1]"""
 from __future__ import annotations
 
 import argparse
@@ -19,13 +19,17 @@ def _main(argv) -> None:
     ap.add_argument("--freeze", choices=["encoder", "none"], default="encoder", help="layers kept fixed (default encoder)")
     ap.add_argument("--reinit_head", action=argparse.BooleanOptionalAction, default=True,
                     help="re-initialise the output layer (default on)")
-    ap.add_argument("--lr_scale", type=float, default=0.1, help="learning rate relative to training from scratch")
+    ap.add_argument("--lr_scale", type=float, default=0.1,
+                    help="learning rate of the pretrained layers relative to training from scratch (default 0.1)")
+    ap.add_argument("--head_lr_scale", type=float, default=1.0,
+                    help="learning rate of a re-initialised output layer relative to training from scratch (default 1)")
     ap.add_argument("--epochs", type=int, help="epochs (default 100)")
     ap.add_argument("--iterations_per_epoch", type=int, help="iterations per epoch (default 250)")
     ap.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"], default="auto")
     args = ap.parse_args(argv)
     out = finetune_fold(parse_dataset_id(args.d), args.c, args.f, args.pretrained, args.pretrained_fold, args.freeze,
-                        args.reinit_head, args.lr_scale, args.epochs, args.iterations_per_epoch, args.device)
+                        args.reinit_head, args.lr_scale, args.epochs, args.iterations_per_epoch, args.device,
+                        args.head_lr_scale)
     print(f"{out}: done")
 
 

@@ -1,5 +1,6 @@
 """Transfer learning to a new planning style (Kandalan et al. recipe): start from a trained model,
-freeze the encoder, re-initialise the output layer, train with a tenth of the learning rate.
+freeze the encoder, re-initialise the output layer, train the pretrained layers with a tenth of the
+learning rate (the new output layer at the full rate by default).
 
 The fine-tuned model keeps the pretrained network (topology and patch size) on the target
 dataset's plan; both plans must list the same input channels.
@@ -33,11 +34,16 @@ def finetune_plans(target_plans: dict, pretrained_plans: dict, config: str) -> d
 
 
 class nndoseTrainer_Finetune(nndoseTrainer):
-    """Set `pretrained_checkpoint`, `freeze`, `reinit_head` and `lr_scale` before initialize()."""
+    """Set `pretrained_checkpoint`, `freeze`, `reinit_head`, `lr_scale` and `head_lr_scale` before initialize().
+
+    The pretrained layers that stay trainable learn at `lr_scale` times the from-scratch rate; a
+    re-initialised output layer has no pretrained weights to protect and learns at `head_lr_scale`
+    times it (1.0: the full rate, so that it converges within a short fine-tuning schedule)."""
     pretrained_checkpoint: Path | None = None
     freeze = "encoder"
     reinit_head = True
     lr_scale = 0.1
+    head_lr_scale = 1.0
     num_epochs = 100
 
     def build_network(self) -> torch.nn.Module:
@@ -58,10 +64,14 @@ class nndoseTrainer_Finetune(nndoseTrainer):
         return net
 
     def configure_optimizer(self, params) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=self.initial_lr * self.lr_scale, weight_decay=self.weight_decay)
-
-    def lr_at(self, epoch: int) -> float:
-        return super().lr_at(epoch) * self.lr_scale
+        params = list(params)
+        head = {id(p) for p in self.network.head.parameters()} if self.reinit_head else set()
+        groups = [{"params": [p for p in params if id(p) not in head], "lr_mult": self.lr_scale}]
+        if head:
+            groups.append({"params": [p for p in params if id(p) in head], "lr_mult": self.head_lr_scale})
+        for g in groups:
+            g["lr"] = self.initial_lr * g["lr_mult"]
+        return torch.optim.AdamW(groups, lr=self.initial_lr, weight_decay=self.weight_decay)
 
 
 def pretrained_checkpoint(model_dir: Path, fold: str | None, checkpoint: str) -> Path:

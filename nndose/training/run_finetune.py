@@ -15,10 +15,10 @@ from nndose.training.trainer import write_model_folder_files
 
 def finetune_fold(dataset_id: int, config: str, fold: str, pretrained: Path, pretrained_fold: str | None = None,
                   freeze: str = "encoder", reinit_head: bool = True, lr_scale: float = 0.1, epochs: int | None = None,
-                  iterations: int | None = None, device: str | None = None) -> Path:
+                  iterations: int | None = None, device: str | None = None, head_lr_scale: float = 1.0) -> Path:
     """Train fold `fold` of the target dataset from the pretrained model; returns the fold folder."""
-    if lr_scale <= 0:
-        raise NndoseError("--lr_scale must be positive")
+    if lr_scale <= 0 or head_lr_scale <= 0:
+        raise NndoseError("--lr_scale and --head_lr_scale must be positive")
     if fold != "all" and not (fold.isdigit() and 0 <= int(fold) < 5):
         raise NndoseError(f"fold {fold!r} must be 0..4 or 'all'")
     pretrained = Path(pretrained)
@@ -29,11 +29,13 @@ def finetune_fold(dataset_id: int, config: str, fold: str, pretrained: Path, pre
     out = model_dir / f"fold_{fold}"
     dev = resolve_device(device)
     trainer = nndoseTrainer_Finetune(plans, config, fold, pre, out, dev, epochs, iterations)
-    trainer.pretrained_checkpoint, trainer.freeze, trainer.reinit_head, trainer.lr_scale = ck, freeze, reinit_head, lr_scale
+    trainer.pretrained_checkpoint, trainer.freeze, trainer.reinit_head = ck, freeze, reinit_head
+    trainer.lr_scale, trainer.head_lr_scale = lr_scale, head_lr_scale
     trainer.initialize()
     write_model_folder_files(model_dir, pre, plans)
     atomic_write_json(model_dir / "finetune.json", {"pretrained": str(pretrained.resolve()), "checkpoint": str(ck),
-                                                    "freeze": freeze, "reinit_head": reinit_head, "lr_scale": lr_scale})
+                                                    "freeze": freeze, "reinit_head": reinit_head, "lr_scale": lr_scale,
+                                                    "head_lr_scale": head_lr_scale})
     trainer.run_training()
     validate_fold(model_dir, config, fold, pre, dev)
     return out

@@ -1,20 +1,27 @@
-"""Transfer to a new planning style (Kandalan et al.): a model trained on the source style
-("standard" phantoms) against the same model fine-tuned (encoder frozen, head re-initialised, a
-tenth of the learning rate) on a few cases of the target style (also with the source's output
-layer kept, trained on fold 0's four fifths of those cases) ("sparing": stronger organ-at-risk
-sparing), and against a model trained from scratch on those few target cases. All three predict
-the target style's held-out cases; reported: isodose Dice 10-100 %, DVH point errors, OpenKBP
-scores, MAE. Writes JSON.
+"""Transfer to a new planning style (Kandalan et al.). A source model is trained on the "standard"
+style; the target style ("sparing": stronger organ-at-risk and normal-tissue sparing) has a few
+training cases. Compared on the target style's held-out cases: the source model as it is; the
+source model fine-tuned with nndose_finetune's default recipe (encoder frozen, output layer
+re-initialised and trained at the full rate, the other layers at a tenth); the paper's exact rates
+(re-initialised output layer at a tenth too); fine-tuning with the output layer kept; a model
+trained from scratch on the few target cases. Also the source model on its own style's test cases,
+the accuracy the target style should be brought back to. Reported: isodose Dice 10-100 %, DVH
+point errors, OpenKBP scores, MAE. Writes JSON.
 
-python benchmarks/transfer_learning.py -o benchmarks/results/transfer_<machine>.json [--n_source 80 --n_target 30]
+python -m benchmarks.transfer_learning -o benchmarks/results/transfer_<machine>.json [--n_source 80 --n_target 30]
 """
 from __future__ import annotations
 
+import shutil
 import time
 
 from benchmarks import pipeline
 from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, list_cases
 from nndose.training.run_finetune import finetune_fold
+
+FINETUNE_VARIANTS = {"finetuned_model": {},
+                     "finetuned_paper_rates_head_lr_0.1": {"head_lr_scale": 0.1},
+                     "finetuned_keep_head": {"reinit_head": False}}
 
 
 def main() -> None:
@@ -24,8 +31,8 @@ def main() -> None:
     ap.add_argument("--finetune_epochs", type=int, default=20)
     args = ap.parse_args()
     start = time.time()
-    pipeline.use_work_folder(args.work)
-    pipeline.phantoms(940, "SourceStyle", args.n_source, seed=17, style="standard", num_processes=args.np)
+    work = pipeline.use_work_folder(args.work)
+    source = pipeline.phantoms(940, "SourceStyle", args.n_source, seed=17, style="standard", num_processes=args.np)
     target = pipeline.phantoms(941, "TargetStyle", args.n_target, seed=19, style="sparing", num_processes=args.np)
     pipeline.plan(940, args.small_network, num_processes=args.np)
     pipeline.plan(941, args.small_network, num_processes=args.np)
@@ -34,16 +41,17 @@ def main() -> None:
               "target_test_cases": len(test), "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
               "iterations_per_epoch": args.iterations}
     source_model = pipeline.train(940, args.epochs, args.iterations, args.device)
-    result["source_model"] = pipeline.predict_and_score(source_model, test, target, args.work / "pred/source", args.device)
-    tuned = finetune_fold(941, "3d_fullres", "all", source_model, epochs=args.finetune_epochs,
-                          iterations=args.iterations, device=args.device).parent
-    result["finetuned_model"] = pipeline.predict_and_score(tuned, test, target, args.work / "pred/finetuned", args.device)
-    tuned_keep = finetune_fold(941, "3d_fullres", "0", source_model, reinit_head=False, epochs=args.finetune_epochs,
-                               iterations=args.iterations, device=args.device).parent
-    result["finetuned_keep_head_fold0"] = pipeline.predict_and_score(tuned_keep, test, target, args.work / "pred/keep_head",
-                                                                     args.device, folds=("0",))
+    result["source_model_on_source_test"] = pipeline.predict_and_score(
+        source_model, list_cases(source, TEST_DIR), source, work / "pred/source_on_source", args.device)
+    result["source_model"] = pipeline.predict_and_score(source_model, test, target, work / "pred/source", args.device)
+    for name, options in FINETUNE_VARIANTS.items():
+        trained = finetune_fold(941, "3d_fullres", "all", source_model, epochs=args.finetune_epochs,
+                                iterations=args.iterations, device=args.device, **options).parent
+        model = work / "models" / name   # each variant writes the same trainer folder: keep it aside
+        shutil.move(trained, model)
+        result[name] = pipeline.predict_and_score(model, test, target, work / "pred" / name, args.device)
     scratch = pipeline.train(941, args.epochs, args.iterations, args.device)
-    result["target_from_scratch"] = pipeline.predict_and_score(scratch, test, target, args.work / "pred/scratch", args.device)
+    result["target_from_scratch"] = pipeline.predict_and_score(scratch, test, target, work / "pred/scratch", args.device)
     result["seconds"] = time.time() - start
     pipeline.write_result(args.o, result)
 

@@ -70,11 +70,8 @@ class OnChannels(BasicTransform):
         self.transform, self.channels = transform, channels
 
     def apply(self, data_dict, **params):
-        img = data_dict["image"]
-        sub = self.transform(image=img[self.channels].clone())["image"]
-        img = img.clone()
-        img[self.channels] = sub
-        data_dict["image"] = img
+        img = data_dict["image"]   # a fresh patch of this sample: written in place, no copy of every channel
+        img[self.channels] = self.transform(image=img[self.channels])["image"]   # list indexing copies the subset
         return data_dict
 
 

@@ -40,12 +40,14 @@ def write_result(path: Path, result: dict) -> None:
     print(json.dumps(result, indent=2))
 
 
-def use_work_folder(work: Path) -> Path:
+def use_work_folder(work: Path, keep: bool = False) -> Path:
+    """Point nndose's three folders into `work`, emptied first unless `keep`."""
     work = Path(work).resolve()
-    shutil.rmtree(work, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
     for var in ("nndose_raw", "nndose_preprocessed", "nndose_results"):
         os.environ[var] = str(work / var)
-        (work / var).mkdir(parents=True)
+        (work / var).mkdir(parents=True, exist_ok=True)
     return work
 
 
@@ -68,7 +70,13 @@ def plan(dataset_id: int, small_network: bool, extra: list[str] = (), num_proces
 
 
 def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_sites=(), config: str = "3d_fullres",
-          fold: str = "all") -> Path:
+          fold: str = "all", reuse: bool = False) -> Path:
+    """The trained model folder; with `reuse`, a fold that already has its final checkpoint is kept."""
+    if reuse:
+        done = list(Path(os.environ["nndose_results"]).glob(
+            f"Dataset{dataset_id:03d}_*/nndoseTrainer__nndosePlans__{config}/fold_{fold}/checkpoint_final.pth"))
+        if done:
+            return done[0].parent.parent
     return train_fold(dataset_id, config, fold, "nndoseTrainer", device, epochs, iterations,
                       exclude_sites=tuple(exclude_sites)).parent
 

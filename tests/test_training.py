@@ -304,6 +304,33 @@ def test_finetune_freezes_the_encoder_and_predicts(env, capsys, tmp_path):
     assert code == 0, err
 
 
+def test_least_squares_head_fits_the_target_style_better_than_a_random_head(env, capsys):
+    from nndose.training.finetune import nndoseTrainer_Finetune
+    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2", "--device", "cpu"], capsys)
+    pre = env / "nndose_preprocessed" / "Dataset042_Tiny"
+    t = nndoseTrainer_Finetune(load_plans(pre / "nndosePlans.json"), "3d_fullres", "all", pre,
+                               env / "nndose_results" / "ft" / "fold_all", torch.device("cpu"), 1, 1)
+    t.pretrained_checkpoint = env / "nndose_results/Dataset042_Tiny" / MODEL / "fold_all/checkpoint_final.pth"
+    t.initialize()
+    image, target, _ = next(iter(t._loader(t.train_cases, None, t.seed + 104729, num_workers=0)))
+    body = t.body_mask(image)
+
+    def body_mse():
+        with torch.no_grad():
+            return float((((t.network(image) - target) ** 2) * body).sum() / body.sum())
+
+    random_head = body_mse()
+    t.fit_head(n_batches=1)
+    fitted = body_mse()
+    assert fitted < 0.5 * random_head
+    # the least-squares optimum: nudging the bias either way fits worse
+    bias = t.network.head.bias.detach().clone()
+    for delta in (-0.05, 0.05):
+        with torch.no_grad():
+            t.network.head.bias.copy_(bias + delta)
+        assert body_mse() > fitted
+
+
 def test_finetune_refuses_a_plan_with_other_channels(env, capsys, tmp_path):
     from nndose.cli.finetune import main as finetune_main
     run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)

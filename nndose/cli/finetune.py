@@ -1,4 +1,4 @@
-"""nndose_finetune -d TARGET -c CONFIG -f FOLD --pretrained MODEL_FOLDER [--freeze encoder|none] [--reinit_head] [--lr_scale 0.1] [--head_lr_scale 1]"""
+"""nndose_finetune -d TARGET -c CONFIG -f FOLD --pretrained MODEL_FOLDER [--freeze encoder|none] [--reinit_head] [--lr_scale 0.1] [--head_lr_scale 1] [--head_init least_squares|random]"""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,8 @@ def _main(argv) -> None:
     ap.add_argument("--freeze", choices=["encoder", "none"], default="encoder", help="layers kept fixed (default encoder)")
     ap.add_argument("--reinit_head", action=argparse.BooleanOptionalAction, default=True,
                     help="re-initialise the output layer (default on)")
+    ap.add_argument("--head_init", choices=["least_squares", "random"], default="least_squares",
+                    help="start of the re-initialised output layer: fitted to the target cases (default) or random")
     ap.add_argument("--lr_scale", type=float, default=0.1,
                     help="learning rate of the pretrained layers relative to training from scratch (default 0.1)")
     ap.add_argument("--head_lr_scale", type=float, default=1.0,
@@ -29,7 +31,7 @@ def _main(argv) -> None:
     args = ap.parse_args(argv)
     out = finetune_fold(parse_dataset_id(args.d), args.c, args.f, args.pretrained, args.pretrained_fold, args.freeze,
                         args.reinit_head, args.lr_scale, args.epochs, args.iterations_per_epoch, args.device,
-                        args.head_lr_scale)
+                        args.head_lr_scale, args.head_init)
     print(f"{out}: done")
 
 

@@ -34,7 +34,8 @@ def finetune_plans(target_plans: dict, pretrained_plans: dict, config: str) -> d
 
 
 class nndoseTrainer_Finetune(nndoseTrainer):
-    """Set `pretrained_checkpoint`, `freeze`, `reinit_head`, `lr_scale` and `head_lr_scale` before initialize().
+    """Set `pretrained_checkpoint`, `freeze`, `reinit_head`, `head_init`, `lr_scale` and `head_lr_scale`
+    before initialize().
 
     The pretrained layers that stay trainable learn at `lr_scale` times the from-scratch rate; a
     re-initialised output layer has no pretrained weights to protect and learns at `head_lr_scale`
@@ -44,6 +45,7 @@ class nndoseTrainer_Finetune(nndoseTrainer):
     reinit_head = True
     lr_scale = 0.1
     head_lr_scale = 1.0
+    head_init = "least_squares"   # or "random": how the re-initialised output layer starts
     num_epochs = 100
 
     def build_network(self) -> torch.nn.Module:
@@ -62,6 +64,47 @@ class nndoseTrainer_Finetune(nndoseTrainer):
                 for p in module.parameters():
                     p.requires_grad_(False)
         return net
+
+    def run_training(self) -> None:
+        if self.reinit_head and self.head_init == "least_squares" and self.epoch == 0:
+            self.fit_head()
+        super().run_training()
+
+    @torch.no_grad()
+    def fit_head(self, n_batches: int = 8, ridge: float = 1e-3) -> None:
+        """Fit the re-initialised output layer (a linear map of the last decoder features) by ridge
+        regression to the target cases' dose inside the body: fine-tuning then starts from the new
+        style's best linear read-out instead of random weights (linear probing, then fine-tuning).
+        The normal equations are summed over ranks, so every rank gets the same layer."""
+        head, captured = self.network.head, []
+        hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+        batches = iter(self._loader(self.train_cases, None, self.seed + 104729, num_workers=0))
+        n = head.in_channels + 1
+        gram = torch.zeros(n, n, dtype=torch.float64, device=self.device)
+        moment = torch.zeros(n, dtype=torch.float64, device=self.device)
+        self.network.eval()
+        try:
+            for _ in range(n_batches):
+                image, target, _ = next(batches)
+                image, target = image.to(self.device), target.to(self.device)
+                self.network(image)
+                body = self.body_mask(image)[:, 0] > 0
+                feats = captured.pop().float().permute(0, 2, 3, 4, 1)[body]
+                x = torch.cat([feats, torch.ones_like(feats[:, :1])], 1).double()
+                gram += x.T @ x
+                moment += x.T @ target[:, 0][body].double()
+        finally:
+            hook.remove()
+            self.network.train()
+        if self.world_size > 1:
+            torch.distributed.all_reduce(gram)
+            torch.distributed.all_reduce(moment)
+        if gram[-1, -1] == 0:   # no body voxel in any batch: keep the random layer
+            return
+        scale = float(gram.diagonal().mean())
+        w = torch.linalg.solve(gram + ridge * scale * torch.eye(n, dtype=gram.dtype, device=gram.device), moment)
+        head.weight.copy_(w[:-1].reshape(head.weight.shape).to(head.weight.dtype))
+        head.bias.copy_(w[-1:].to(head.bias.dtype))
 
     def configure_optimizer(self, params) -> torch.optim.Optimizer:
         params = list(params)

@@ -15,8 +15,11 @@ from nndose.training.trainer import write_model_folder_files
 
 def finetune_fold(dataset_id: int, config: str, fold: str, pretrained: Path, pretrained_fold: str | None = None,
                   freeze: str = "encoder", reinit_head: bool = True, lr_scale: float = 0.1, epochs: int | None = None,
-                  iterations: int | None = None, device: str | None = None, head_lr_scale: float = 1.0) -> Path:
+                  iterations: int | None = None, device: str | None = None, head_lr_scale: float = 1.0,
+                  head_init: str = "least_squares") -> Path:
     """Train fold `fold` of the target dataset from the pretrained model; returns the fold folder."""
+    if head_init not in ("least_squares", "random"):
+        raise NndoseError(f"--head_init {head_init!r}: least_squares or random")
     if lr_scale <= 0 or head_lr_scale <= 0:
         raise NndoseError("--lr_scale and --head_lr_scale must be positive")
     if fold != "all" and not (fold.isdigit() and 0 <= int(fold) < 5):
@@ -30,12 +33,12 @@ def finetune_fold(dataset_id: int, config: str, fold: str, pretrained: Path, pre
     dev = resolve_device(device)
     trainer = nndoseTrainer_Finetune(plans, config, fold, pre, out, dev, epochs, iterations)
     trainer.pretrained_checkpoint, trainer.freeze, trainer.reinit_head = ck, freeze, reinit_head
-    trainer.lr_scale, trainer.head_lr_scale = lr_scale, head_lr_scale
+    trainer.lr_scale, trainer.head_lr_scale, trainer.head_init = lr_scale, head_lr_scale, head_init
     trainer.initialize()
     write_model_folder_files(model_dir, pre, plans)
     atomic_write_json(model_dir / "finetune.json", {"pretrained": str(pretrained.resolve()), "checkpoint": str(ck),
                                                     "freeze": freeze, "reinit_head": reinit_head, "lr_scale": lr_scale,
-                                                    "head_lr_scale": head_lr_scale})
+                                                    "head_lr_scale": head_lr_scale, "head_init": head_init})
     trainer.run_training()
     validate_fold(model_dir, config, fold, pre, dev)
     return out

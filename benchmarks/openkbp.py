@@ -3,7 +3,7 @@ a wall-clock budget, predict the test folder, score it (OpenKBP dose and DVH sco
 challenge's definitions) and write the submission CSVs for the challenge's own evaluator.
 
 python -m benchmarks.openkbp --minutes 240 -o benchmarks/results/openkbp_<machine>.json          # a CUDA machine
-python -m benchmarks.openkbp --minutes 10 --small_network --n_train 40 -o /tmp/openkbp_cpu.json  # a CPU check
+python -m benchmarks.openkbp --minutes 8 --small_network --max_batch 4 --iterations 50 -o /tmp/openkbp_cpu.json  # a CPU check
 
 --openkbp takes the folder of the .tar.xz archives (default ../shared/data/openkbp) or a folder
 holding train-pats/ and validation-pats/ (or test-pats/); --test names the split to predict.
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--trainer", default="nndoseTrainer")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--small_network", action="store_true", help="the demo's CPU-sized network")
+    ap.add_argument("--max_batch", type=int, help="the planner's --max_batch (e.g. 4 for a CPU run)")
     ap.add_argument("--disable_tta", action="store_true")
     ap.add_argument("-np", type=int, default=8)
     args = ap.parse_args()
@@ -66,7 +67,8 @@ def main() -> None:
     convert_openkbp(train, raw, num_processes=args.np)
     convert_openkbp(patient_folders(args.openkbp, args.work, args.test), raw, test=True, num_processes=args.np)
     converted = time.time()
-    pipeline.plan(960, args.small_network, num_processes=args.np)
+    pipeline.plan(960, args.small_network, num_processes=args.np,
+                  extra=["--max_batch", str(args.max_batch)] if args.max_batch else [])
     planned = time.time()
     from nndose.training.run import train_fold
     fold_dir = train_fold(960, "3d_fullres", "all", args.trainer, args.device, None, args.iterations,
@@ -83,7 +85,7 @@ def main() -> None:
     export_openkbp(pred, args.work / "submission")
     epochs = len((fold_dir / "training_log.txt").read_text().splitlines())
     result = {"training_patients": len(list_cases(raw)), "test_split": args.test, "test_patients": len(cases),
-              "trainer": args.trainer, "small_network": args.small_network, "epochs_trained": epochs,
+              "trainer": args.trainer, "small_network": args.small_network, "max_batch": args.max_batch, "epochs_trained": epochs,
               "iterations_per_epoch": args.iterations, "tta": not args.disable_tta,
               "dose_score_gy": scores["dose_score_gy"], "dvh_score_gy": scores["dvh_score_gy"], "scores": scores,
               "seconds": {"convert": converted - start, "plan_and_preprocess": planned - converted,

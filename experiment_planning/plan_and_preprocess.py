@@ -34,11 +34,12 @@ def _main(argv) -> None:
     ap.add_argument("--encoder_blocks", type=int, nargs="+", default=[1, 3, 4, 6, 6, 6, 6],
                     help="residual blocks per encoder stage (default 1 3 4 6 6 6 6)")
     ap.add_argument("--max_patch", type=int, default=256, help="patch at most this many voxels cubed (default 256)")
+    ap.add_argument("--max_batch", type=int, help="batch size at most this (default: what the memory budget allows)")
     args = ap.parse_args(argv)
     if args.np < 1:
         raise NndoseError("-np must be at least 1")
-    if min(args.base_features, args.max_features, args.max_patch, *args.encoder_blocks) < 1:
-        raise NndoseError("--base_features, --max_features, --max_patch and --encoder_blocks must be positive")
+    if min(args.base_features, args.max_features, args.max_patch, args.max_batch or 2, *args.encoder_blocks) < 1:
+        raise NndoseError("--base_features, --max_features, --max_patch, --max_batch and --encoder_blocks must be positive")
     if args.gpu_memory_target <= 1.0:
         raise NndoseError("--gpu_memory_target must exceed 1 GB")
     for d in args.d:
@@ -53,7 +54,7 @@ def _main(argv) -> None:
         out = preprocessed_root() / raw.name
         fingerprint = compute_fingerprint(raw, CROP_MARGIN_MM, args.np)
         plans = plan_experiment(fingerprint, info, args.gpu_memory_target, beam_channels=not args.no_beam_channels,
-                                max_patch_voxels=args.max_patch ** 3, base_features=args.base_features,
+                                max_patch_voxels=args.max_patch ** 3, max_batch=args.max_batch, base_features=args.base_features,
                                 max_features=args.max_features, encoder_blocks=args.encoder_blocks)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / FINGERPRINT_FILE, fingerprint)

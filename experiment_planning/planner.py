@@ -73,7 +73,7 @@ def _memory(net: dict, n_in: int, batch: int) -> int:
 
 
 def plan_configuration(spacing_zyx, median_shape_zyx, n_in: int, budget_bytes: int, dataset_voxels: float,
-                       max_patch_voxels: int = MAX_PATCH_VOXELS, **net_options) -> dict:
+                       max_patch_voxels: int = MAX_PATCH_VOXELS, max_batch: int | None = None, **net_options) -> dict:
     spacing = np.asarray(spacing_zyx, dtype=float)
     median = np.asarray(median_shape_zyx, dtype=float)
     patch = median.copy()
@@ -91,7 +91,7 @@ def plan_configuration(spacing_zyx, median_shape_zyx, n_in: int, budget_bytes: i
     fixed = _memory(net, n_in, 0)
     batch = max(2, int((budget_bytes - fixed) // max(per_sample, 1)))
     cap = max(2, int(0.05 * dataset_voxels / np.prod(net["patch_size_zyx"])))
-    batch = min(batch, cap)
+    batch = min(batch, cap, max_batch or batch)
     return {"spacing_zyx": [float(s) for s in spacing], "median_shape_zyx": [int(round(m)) for m in median],
             "patch_size_zyx": net["patch_size_zyx"], "batch_size": int(batch),
             "network": {k: net[k] for k in ("n_stages", "features_per_stage", "kernel_sizes", "strides",
@@ -107,8 +107,9 @@ def input_channels(info: DatasetInfo, beam_channels: bool = True) -> list[str]:
 def plan_experiment(fingerprint: dict, info: DatasetInfo, gpu_memory_target_gb: float = 8.0,
                     plans_name: str = "nndosePlans", beam_channels: bool = True,
                     num_dose_masks: int = DEFAULT_DOSE_MASKS, max_patch_voxels: int = MAX_PATCH_VOXELS,
-                    **net_options) -> dict:
-    """net_options: base_features, max_features, encoder_blocks (smaller networks for CPU runs)."""
+                    max_batch: int | None = None, **net_options) -> dict:
+    """net_options: base_features, max_features, encoder_blocks (smaller networks for CPU runs);
+    max_batch caps the batch size (a CPU run's small patches would otherwise fill the budget)."""
     spacing = target_spacing(fingerprint)
     shapes = [np.asarray(s) * np.asarray(sp) / np.asarray(spacing)
               for s, sp in zip(fingerprint["cropped_shapes_zyx"], fingerprint["spacings_zyx"])]
@@ -116,7 +117,7 @@ def plan_experiment(fingerprint: dict, info: DatasetInfo, gpu_memory_target_gb: 
     dataset_voxels = float(sum(np.prod(s) for s in shapes))
     channels = input_channels(info, beam_channels)
     budget = int(gpu_memory_target_gb * 2 ** 30)
-    opts = {"max_patch_voxels": max_patch_voxels, **net_options}
+    opts = {"max_patch_voxels": max_patch_voxels, "max_batch": max_batch, **net_options}
     full = plan_configuration(spacing, median_shape, len(channels), budget, dataset_voxels, **opts)
     configs = {"3d_fullres": {"data_identifier": f"{plans_name}_3d_fullres", "channels": channels, **full}}
     if np.prod(median_shape) > 4 * np.prod(full["patch_size_zyx"]):

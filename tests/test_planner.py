@@ -45,6 +45,8 @@ def test_patch_shrinks_to_fit_a_smaller_budget():
     for plan, budget in ((small, 3.0), (big, 40.0)):
         assert plan["estimated_memory_gb"] <= budget and plan["batch_size"] >= 2
     assert big["batch_size"] > small["batch_size"]
+    capped = plan_configuration([2.5, 4.0, 4.0], [96, 128, 128], 20, 40 * 2 ** 30, 1e9, max_batch=3)
+    assert big["batch_size"] > 3 and capped["batch_size"] == 3 and capped["patch_size_zyx"] == big["patch_size_zyx"]
 
 
 def _fingerprint(shape, spacing=(2.5, 4.0, 4.0), n=10):

@@ -12,8 +12,10 @@ import numpy as np
 from experiment_planning.plan_and_preprocess import main as plan_and_preprocess
 from nndose.datasets.phantoms import generate_phantom_dataset
 from nndose.evaluation.evaluate import evaluate_folder
-from nndose.inference.predictor import DosePredictor, predict_cases
+from nndose.inference.predictor import DosePredictor, model_folder, predict_cases
 from nndose.io.raw_dataset import load_dataset_json
+from nndose.paths import preprocessed_root, require_dataset, results_root
+from nndose.plans import PLANS_FILE, load_plans
 from nndose.training.run import resolve_device, train_fold
 
 CPU_PLAN = ["--base_features", "8", "--max_features", "64", "--encoder_blocks", "1", "--max_patch", "32"]
@@ -73,10 +75,10 @@ def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_si
           fold: str = "all", reuse: bool = False) -> Path:
     """The trained model folder; with `reuse`, a fold that already has its final checkpoint is kept."""
     if reuse:
-        done = list(Path(os.environ["nndose_results"]).glob(
-            f"Dataset{dataset_id:03d}_*/nndoseTrainer__nndosePlans__{config}/fold_{fold}/checkpoint_final.pth"))
-        if done:
-            return done[0].parent.parent
+        pre = require_dataset(preprocessed_root(), dataset_id, "preprocessed")
+        model = model_folder(results_root() / pre.name, "nndoseTrainer", load_plans(pre / PLANS_FILE)["plans_name"], config)
+        if (model / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+            return model
     return train_fold(dataset_id, config, fold, "nndoseTrainer", device, epochs, iterations,
                       exclude_sites=tuple(exclude_sites)).parent
 

@@ -271,7 +271,10 @@ def default_num_workers(device: torch.device, world_size: int = 1) -> int:
     rank (one OpenKBP batch of 4 takes a core about a second to load and augment, a GPU step ~0.1 s),
     overridable with the environment variable nndose_n_workers."""
     if os.environ.get("nndose_n_workers"):
-        return int(os.environ["nndose_n_workers"])
+        value = os.environ["nndose_n_workers"]
+        if not value.isdigit():
+            raise NndoseError(f"nndose_n_workers={value!r}: must be a whole number of loader workers (0 or more)")
+        return int(value)
     if device.type != "cuda":
         return 0
     return max(1, (os.cpu_count() or 1) // max(1, world_size) - 1)

@@ -38,7 +38,7 @@ def _main(argv) -> None:
     args = ap.parse_args(argv)
     if args.np < 1:
         raise NndoseError("-np must be at least 1")
-    if min(args.base_features, args.max_features, args.max_patch, args.max_batch or 2, *args.encoder_blocks) < 1:
+    if min(args.base_features, args.max_features, args.max_patch, 1 if args.max_batch is None else args.max_batch, *args.encoder_blocks) < 1:
         raise NndoseError("--base_features, --max_features, --max_patch, --max_batch and --encoder_blocks must be positive")
     if args.gpu_memory_target <= 1.0:
         raise NndoseError("--gpu_memory_target must exceed 1 GB")

@@ -91,7 +91,7 @@ def plan_configuration(spacing_zyx, median_shape_zyx, n_in: int, budget_bytes: i
     fixed = _memory(net, n_in, 0)
     batch = max(2, int((budget_bytes - fixed) // max(per_sample, 1)))
     cap = max(2, int(0.05 * dataset_voxels / np.prod(net["patch_size_zyx"])))
-    batch = min(batch, cap, max_batch or batch)
+    batch = min(batch, cap, batch if max_batch is None else max_batch)
     return {"spacing_zyx": [float(s) for s in spacing], "median_shape_zyx": [int(round(m)) for m in median],
             "patch_size_zyx": net["patch_size_zyx"], "batch_size": int(batch),
             "network": {k: net[k] for k in ("n_stages", "features_per_stage", "kernel_sizes", "strides",

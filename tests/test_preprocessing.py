@@ -103,3 +103,10 @@ def test_verify_flag_lists_problems_and_writes_nothing(template_dataset, nndose_
 def test_unknown_argument_is_refused(nndose_env, capsys):
     code, _, err = run_command(plan_main, ["-d", "0", "--gpu_memory_targt", "8"], capsys)
     assert code == 2 and "unrecognized arguments" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("option", ["--max_batch", "--max_patch"])
+def test_non_positive_sizes_are_refused(template_dataset, nndose_env, capsys, option):
+    code, _, err = run_command(plan_main, ["-d", "0", "-np", "1", option, "0"], capsys)
+    assert code == 2 and "must be positive" in err and err.count("\n") == 1
+    assert tree(nndose_env["nndose_preprocessed"]) == set()

@@ -73,3 +73,18 @@ def test_generate_refuses_existing_dataset(nndose_env, capsys):
     code, _, err = run_command(generate_main, ["-d", "9", "-n", "3"], capsys)
     assert code == 2 and "already exists" in err
     assert tree(nndose_env["nndose_raw"]) == {"Dataset009_Other"}
+
+
+def test_sites_and_modalities_restrict_the_mix():
+    plans = [make_case(i, 0, STYLES["standard"], sites=("prostate",), modalities=("VMAT", "IMRT"))[1] for i in range(6)]
+    assert {p.site for p in plans} == {"prostate"}
+    assert {p.modality for p in plans} == {"VMAT", "IMRT"}
+    # the default mix is unchanged by the options: the same case as before for the same seed
+    assert make_case(2, 0, STYLES["standard"])[1] == make_case(2, 0, STYLES["standard"], sites=SITES)[1]
+
+
+def test_generate_refuses_unknown_site_or_modality(nndose_env, capsys):
+    for option, value in (("--sites", "brain"), ("--modalities", "protons")):
+        code, _, err = run_command(generate_main, ["-d", "9", "-n", "3", option, value], capsys)
+        assert code == 2 and value in err and len(err.strip().splitlines()) == 1
+        assert tree(nndose_env["nndose_raw"]) == set()

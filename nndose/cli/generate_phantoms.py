@@ -1,9 +1,10 @@
-"""nndose_generate_phantoms -d ID [-n N] [--seed S]: the built-in multi-site phantom dataset."""
+"""nndose_generate_phantoms -d ID [-n N] [--seed S] [--sites ...] [--modalities ...]: the built-in phantom dataset."""
 from __future__ import annotations
 
 from nndose.cli.common import OneLineParser, run_cli
 from nndose.datasets.phantom_dose_engine import STYLES
-from nndose.datasets.phantoms import generate_phantom_dataset
+from nndose.datasets.phantom_anatomy import SITES
+from nndose.datasets.phantoms import MODALITIES, generate_phantom_dataset
 from nndose.errors import NndoseError
 from nndose.paths import dataset_folder_name, find_dataset, parse_dataset_id, raw_root
 
@@ -16,6 +17,10 @@ def _main(argv) -> None:
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--test_fraction", type=float, default=0.2, help="fraction of cases in casesTs (default 0.2)")
     ap.add_argument("--style", choices=sorted(STYLES), default="standard", help="planning style of the dose engine")
+    ap.add_argument("--sites", nargs="+", default=list(SITES), metavar="SITE",
+                    help=f"sites to cycle through (default all: {' '.join(SITES)})")
+    ap.add_argument("--modalities", nargs="+", default=list(MODALITIES), metavar="MODALITY",
+                    help=f"modalities to draw from (default all: {' '.join(MODALITIES)})")
     ap.add_argument("-np", type=int, default=2, help="processes (default 2)")
     args = ap.parse_args(argv)
     if args.n < 2:
@@ -28,7 +33,8 @@ def _main(argv) -> None:
     if existing is not None:
         raise NndoseError(f"{existing} already exists; remove it or choose another id")
     target = root / dataset_folder_name(dataset_id, args.name)
-    info = generate_phantom_dataset(target, args.n, args.seed, args.test_fraction, args.style, args.np)
+    info = generate_phantom_dataset(target, args.n, args.seed, args.test_fraction, args.style, args.np,
+                                    sites=args.sites, modalities=args.modalities)
     print(f"{target}: {info.num_training} training and {args.n - info.num_training} test phantoms")
 
 

@@ -42,7 +42,7 @@ class PlanningStyle:
 
 
 STYLES = {"standard": PlanningStyle(),
-          "sparing": PlanningStyle(name="sparing", oar_weight=1.2, normal_tissue_weight=0.15)}
+          "sparing": PlanningStyle(name="sparing", oar_weight=3.0, normal_tissue_weight=0.3)}
 
 
 def _sample(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

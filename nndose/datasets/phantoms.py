@@ -13,6 +13,7 @@ import numpy as np
 
 from nndose.datasets.phantom_anatomy import BODY, ORGANS, SITES, TARGETS, make_anatomy
 from nndose.datasets.phantom_dose_engine import STYLES, PlanningStyle, compute_dose
+from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write_json, staged_directory
 from nndose.io.plan_file import Arc, Machine, Prescription, StaticBeam, TreatmentPlan
 from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, DatasetInfo
@@ -34,8 +35,9 @@ _PRESCRIPTIONS = {
     "liver": [(0.4, [("PTV_high", 45.0, 15)]), (0.25, [("PTV_high", 50.0, 5)]),
               (0.2, [("PTV_high", 54.0, 18), ("PTV_low", 45.0, 18)]), (0.15, [("PTV_high", 2.0, 1)])],
 }
+MODALITIES = ("IMRT", "VMAT", "3D-CRT")
 _MODALITY_P = {"head_neck": (0.5, 0.4, 0.1), "prostate": (0.4, 0.35, 0.25), "lung": (0.35, 0.35, 0.3),
-               "liver": (0.35, 0.35, 0.3)}  # IMRT, VMAT, 3D-CRT
+               "liver": (0.35, 0.35, 0.3)}  # in the order of MODALITIES
 
 
 def _choose(rng, options):
@@ -66,10 +68,17 @@ def _beams(site: str, modality: str, rng: np.random.Generator, side: float):
     return beams, []
 
 
-def make_case(index: int, seed: int, style: PlanningStyle, site: str | None = None):
-    """(anatomy, plan, dose) of phantom `index`; sites cycle so every site is represented."""
+def _modality_probabilities(site: str, modalities: tuple[str, ...]) -> np.ndarray:
+    p = np.array([q if m in modalities else 0.0 for q, m in zip(_MODALITY_P[site], MODALITIES)])
+    return p / p.sum()
+
+
+def make_case(index: int, seed: int, style: PlanningStyle, site: str | None = None,
+              sites: tuple[str, ...] = SITES, modalities: tuple[str, ...] = MODALITIES):
+    """(anatomy, plan, dose) of phantom `index`; `sites` cycle so every one is represented, the
+    modality is drawn from `modalities` (the site's usual mix, renormalised)."""
     rng = np.random.default_rng([seed, index])
-    site = site or SITES[index % len(SITES)]
+    site = site or sites[index % len(sites)]
     scheme = _choose(rng, _PRESCRIPTIONS[site])
     anatomy = make_anatomy(site, rng, sib=len(scheme) > 1)
     rx = [Prescription(s, d, f) for s, d, f in scheme if s in anatomy.structures]
@@ -77,7 +86,7 @@ def make_case(index: int, seed: int, style: PlanningStyle, site: str | None = No
     for p in rx:
         tmask |= anatomy.structures[p.structure]
     iso = anatomy.grid.index_to_physical(np.argwhere(tmask).mean(0))
-    modality = ("IMRT", "VMAT", "3D-CRT")[rng.choice(3, p=_MODALITY_P[site])]
+    modality = MODALITIES[rng.choice(3, p=_modality_probabilities(site, modalities))]
     beams, arcs = _beams(site, modality, rng, float(np.sign(anatomy.target_center[0])))
     machine = MACHINES[rng.choice(len(MACHINES), p=[0.6, 0.25, 0.15])]
     plan = TreatmentPlan(site, modality, machine, tuple(rx), tuple(round(float(c), 2) for c in iso),
@@ -87,17 +96,19 @@ def make_case(index: int, seed: int, style: PlanningStyle, site: str | None = No
     return anatomy, plan, dose
 
 
-def phantom_dataset_info(name: str, num_training: int, style: PlanningStyle) -> DatasetInfo:
+def phantom_dataset_info(name: str, num_training: int, style: PlanningStyle, sites: tuple[str, ...] = SITES,
+                         modalities: tuple[str, ...] = MODALITIES) -> DatasetInfo:
     structures = {**{t: "target" for t in TARGETS}, **{o: "oar" for o in ORGANS}, BODY: "body"}
     return DatasetInfo(name, structures, ".nii.gz", num_training,
-                       "nndose built-in phantoms: head_neck, prostate, lung, liver; IMRT, VMAT, 3D-CRT; "
+                       f"nndose built-in phantoms: {', '.join(sites)}; {', '.join(modalities)}; "
                        f"analytic dose engine, planning style '{style.name}'",
                        {"licence": "Apache-2.0", "source": "nndose_generate_phantoms"})
 
 
-def _write_case(args, folder: Path, seed: int, style: PlanningStyle) -> str:
+def _write_case(args, folder: Path, seed: int, style: PlanningStyle, sites: tuple[str, ...],
+                modalities: tuple[str, ...]) -> str:
     index, split, name = args
-    anatomy, plan, dose = make_case(index, seed, style)
+    anatomy, plan, dose = make_case(index, seed, style, sites=sites, modalities=modalities)
     case = folder / split / name
     (case / "structures").mkdir(parents=True)
     write_volume(case / "ct.nii.gz", anatomy.ct.astype(np.int16), anatomy.grid)
@@ -109,14 +120,21 @@ def _write_case(args, folder: Path, seed: int, style: PlanningStyle) -> str:
 
 
 def generate_phantom_dataset(dataset_dir: Path, num_cases: int = 40, seed: int = 0, test_fraction: float = 0.2,
-                             style: str = "standard", num_processes: int = 2, progress: bool = True) -> DatasetInfo:
-    """Write a complete raw dataset into dataset_dir (which must not exist); atomic."""
+                             style: str = "standard", num_processes: int = 2, progress: bool = True,
+                             sites: tuple[str, ...] = SITES, modalities: tuple[str, ...] = MODALITIES) -> DatasetInfo:
+    """Write a complete raw dataset into dataset_dir (which must not exist); atomic. `sites` and
+    `modalities` restrict the mix (e.g. prostate VMAT only)."""
     planning = STYLES[style]
+    sites, modalities = tuple(sites), tuple(modalities)
+    for given, known, what in ((sites, SITES, "site"), (modalities, MODALITIES, "modality")):
+        unknown = sorted(set(given) - set(known))
+        if unknown or not given:
+            raise NndoseError(f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
     n_test = int(math.floor(num_cases * test_fraction))
     jobs = [(i, TEST_DIR if i >= num_cases - n_test else TRAIN_DIR, f"phantom_{i:03d}") for i in range(num_cases)]
-    info = phantom_dataset_info(dataset_dir.name.split("_", 1)[-1], num_cases - n_test, planning)
+    info = phantom_dataset_info(dataset_dir.name.split("_", 1)[-1], num_cases - n_test, planning, sites, modalities)
     with staged_directory(dataset_dir) as stage:
-        map_with_progress(partial(_write_case, folder=stage, seed=seed, style=planning), jobs, num_processes,
+        map_with_progress(partial(_write_case, folder=stage, seed=seed, style=planning, sites=sites, modalities=modalities), jobs, num_processes,
                           "phantoms", progress)
         atomic_write_json(stage / "dataset.json", info.to_json())
     return info

@@ -53,9 +53,12 @@ def use_work_folder(work: Path, keep: bool = False) -> Path:
     return work
 
 
-def phantoms(dataset_id: int, name: str, n: int, seed: int, style: str = "standard", num_processes: int = 2) -> Path:
+def phantoms(dataset_id: int, name: str, n: int, seed: int, style: str = "standard", num_processes: int = 2,
+             test_fraction: float = 0.2, **mix) -> Path:
+    """Generate a phantom raw dataset; `mix` passes `sites` and `modalities` through."""
     folder = Path(os.environ["nndose_raw"]) / f"Dataset{dataset_id:03d}_{name}"
-    generate_phantom_dataset(folder, n, seed=seed, style=style, num_processes=num_processes)
+    generate_phantom_dataset(folder, n, seed=seed, test_fraction=test_fraction, style=style,
+                             num_processes=num_processes, **mix)
     return folder
 
 
@@ -84,7 +87,8 @@ def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_si
 
 
 def score(case_dirs: list[Path], raw: Path, predictions: Path) -> dict:
-    """OpenKBP scores, MAE (Gy and % of prescription), isodose Dice, per-structure MAE and DVH point errors."""
+    """OpenKBP scores, MAE (Gy and % of prescription), isodose Dice, per-structure MAE and DVH point errors,
+    and each case's dose, DVH and MAE errors (for paired tests between models)."""
     summary = evaluate_folder(case_dirs[0].parent, predictions, load_dataset_json(raw))
     cases = summary["cases"]
     agg = summary["aggregate"]
@@ -98,7 +102,9 @@ def score(case_dirs: list[Path], raw: Path, predictions: Path) -> dict:
             "mae_percent_of_prescription": float(np.mean([c["mae_body_gy"] / c["reference_dose_gy"] * 100 for c in cases])),
             "isodose_dice": {k: v["mean"] for k, v in agg["isodose_dice"].items()},
             "structure_mae_gy": {n: s["mae_gy"]["mean"] for n, s in agg["structures"].items()},
-            "dvh_point_abs_error_gy": {k: float(np.mean(v)) for k, v in sorted(points.items())}}
+            "dvh_point_abs_error_gy": {k: float(np.mean(v)) for k, v in sorted(points.items())},
+            "per_case": [{k: c[k] for k in ("case", "dose_error_openkbp", "dvh_error_openkbp", "mae_body_gy")}
+                         for c in cases]}
 
 
 def predict_and_score(model_dir: Path, case_dirs: list[Path], raw: Path, out: Path, device: str,

@@ -119,3 +119,21 @@ def test_arc_sampling_and_plan_directions():
                        "prescriptions": [{"structure": "P", "dose_gy": 2, "fractions": 1}], "isocenter_mm": [0, 0, 0],
                        "beams": [{"gantry_deg": 0}], "arcs": [{"gantry_start_deg": 0, "gantry_stop_deg": 90}]})
     assert len(plan_directions(plan, 10.0)) == 1 + 9
+
+
+def test_couch_rotation_makes_a_non_coplanar_beam_along_the_cranio_caudal_axis():
+    grid = _grid(n=31, nz=31, sp=5.0)
+    x, y, z = _xyz(grid)
+    ct = np.where((np.abs(x) <= 70) & (np.abs(y) <= 70) & (np.abs(z) <= 70), 0.0, -1000.0).astype(np.float32)
+    target = (np.abs(x) <= 12) & (np.abs(y) <= 12) & (np.abs(z) <= 12)
+    coplanar = _channel(ct, grid, target, [90.0], (0, 0, 0))
+    turned = _channel(ct, grid, target, [90.0], (0, 0, 0), couches=[90.0])
+    c = 15  # the isocenter's index on every axis
+    # couch 0: the lateral beam crosses the body along x and misses the slices far above and below
+    assert coplanar[c, c, 2] > 0 and coplanar[c, c, -3] > 0 and coplanar[2, c, c] == 0 and coplanar[-3, c, c] == 0
+    # couch 90: the same gantry angle now enters through a cranio-caudal face and spares the lateral parts
+    assert turned[2, c, c] > 0 and turned[-3, c, c] > 0 and turned[c, c, 2] == 0 and turned[c, c, -3] == 0
+    axis = turned[2:-2, c, c]
+    entry_first = axis[0] > axis[-1]   # whichever face the source is on, dose falls with depth past the build-up
+    profile = axis if entry_first else axis[::-1]
+    assert np.all(np.diff(profile[4:]) < 0)

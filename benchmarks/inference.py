@@ -1,4 +1,5 @@
-"""Inference speed and peak memory for one OpenKBP case (128^3) with the default OpenKBP plan.
+"""Inference speed and peak memory for one OpenKBP case (128^3) with the default OpenKBP plan: the
+validation patient with the largest body (the most sliding-window steps), planned from all 33.
 
 Rows (each in its own process, so each peak memory is its own):
   nndose_1fold / nndose_1fold_tta / nndose_5folds_tta: whole nndose_predict path for one case
@@ -32,7 +33,8 @@ LARGE_SHAPE_ZYX = (200, 512, 512)
 
 
 def setup(work: Path, archives: Path) -> None:
-    """Three OpenKBP validation patients as a dataset, its default plan, and a 5-fold model folder."""
+    """The OpenKBP validation patients as a dataset, its default plan, a 5-fold model folder, and the
+    name of the patient with the largest body (work/case.txt)."""
     import torch
 
     from experiment_planning.plan_and_preprocess import main as plan_main
@@ -45,7 +47,7 @@ def setup(work: Path, archives: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
     for var in ("nndose_raw", "nndose_preprocessed", "nndose_results"):
         os.environ[var] = str(work / var)
-    patients = extract_patients(archives / "openkbp-validation.tar.xz", work / "csv", 3)
+    patients = extract_patients(archives / "openkbp-validation.tar.xz", work / "csv")
     raw = work / "nndose_raw" / "Dataset950_OpenKBPSpeed"
     convert_openkbp(patients[0].parent, raw, num_processes=1, progress=False)
     plan_main(["-d", "950", "--plan_only", "-np", "1"])
@@ -55,7 +57,9 @@ def setup(work: Path, archives: Path) -> None:
     model.mkdir()
     shutil.copy(pre / PLANS_FILE, model / "plans.json")
     shutil.copy(raw / "dataset.json", model / "dataset.json")
-    _large_case(raw)
+    case = _largest_case(raw)
+    (work / "case.txt").write_text(case.name)
+    _large_case(case, raw.parent / "large")
     channels = configuration(plans, "3d_fullres")["channels"]
     for fold in range(5):
         torch.manual_seed(fold)
@@ -63,13 +67,19 @@ def setup(work: Path, archives: Path) -> None:
         save_checkpoint(model / f"fold_{fold}" / "checkpoint_final.pth", {"network": net.state_dict(), "channels": channels})
 
 
-def _large_case(raw: Path) -> None:
-    """The first case resampled onto a 512x512x200 grid covering the same field of view (work/large/<case>)."""
+def _largest_case(raw: Path) -> Path:
+    """The case whose body has the most voxels: the slowest to predict."""
+    from nndose.io.raw_dataset import TRAIN_DIR, list_cases, load_dataset_json, load_case
+    info = load_dataset_json(raw)
+    sizes = {c: int(load_case(c, info, require_dose=False).structures[info.body].sum()) for c in list_cases(raw, TRAIN_DIR)}
+    return max(sizes, key=sizes.get)
+
+
+def _large_case(case: Path, large: Path) -> None:
+    """The case resampled onto a 512x512x200 grid covering the same field of view (large/<case>)."""
     import SimpleITK as sitk
 
-    from nndose.io.raw_dataset import TRAIN_DIR, list_cases
-    case = list_cases(raw, TRAIN_DIR)[0]
-    dest = raw.parent / "large" / case.name
+    dest = large / case.name
     (dest / "structures").mkdir(parents=True)
     shutil.copy(case / "plan.json", dest / "plan.json")
     ref_img = sitk.ReadImage(str(case / "ct.nii.gz"))
@@ -89,17 +99,19 @@ def _large_case(raw: Path) -> None:
 def run_row(work: Path, row: str, device_name: str) -> dict:
     import torch
 
+    import numpy as np
+
     from nndose.inference.predictor import DosePredictor
-    from nndose.io.raw_dataset import TRAIN_DIR, list_cases, load_case
+    from nndose.inference.sliding_window import tile_starts
+    from nndose.io.raw_dataset import TRAIN_DIR, load_case
     from nndose.preprocessing.preprocess_case import preprocess_case
     from nndose.training.data import channel_pad_values
 
     device = torch.device(device_name)
     folds = ["0", "1", "2", "3", "4"] if row == "nndose_5folds_tta" else ["0"]
     predictor = DosePredictor(work / "model", "3d_fullres", folds, device, use_tta=row.endswith("_tta"))
-    case_dir = list_cases(work / "nndose_raw" / "Dataset950_OpenKBPSpeed", TRAIN_DIR)[0]
-    if row.endswith("512x512x200"):
-        case_dir = work / "nndose_raw" / "large" / case_dir.name
+    name = (work / "case.txt").read_text()
+    case_dir = work / "nndose_raw" / ("large" if row.endswith("512x512x200") else "Dataset950_OpenKBPSpeed/" + TRAIN_DIR) / name
     case = load_case(case_dir, predictor.info, require_dose=False)
     patch = predictor.conf["patch_size_zyx"]
     net = predictor.networks[0]
@@ -128,8 +140,9 @@ def run_row(work: Path, row: str, device_name: str) -> dict:
         predictor.predict_case(case)
     sync()
     seconds = time.perf_counter() - start
-    return {"row": row, "seconds": seconds, "case_shape_zyx": list(case.grid.shape_zyx),
+    return {"row": row, "seconds": seconds, "case": name, "case_shape_zyx": list(case.grid.shape_zyx),
             "preprocessed_shape_zyx": list(data.shape[1:]),
+            "windows": int(np.prod([len(tile_starts(max(n, k), k, 0.5)) for n, k in zip(data.shape[1:], patch)])),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None}
 

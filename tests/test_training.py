@@ -141,6 +141,7 @@ def _ddp_step(rank, world, port, result_dir):
     opt.step()
     flat = torch.cat([p.detach().flatten() for p in net.parameters()])
     torch.save(flat, os.path.join(result_dir, f"rank{rank}.pt"))
+    dist.barrier()   # tearing gloo down while the other rank still talks to it aborts the process
     dist.destroy_process_group()
 
 

@@ -107,6 +107,7 @@ def _worker(rank, world, port, cls, plans, config, fold, pre, out, device_type, 
         if resume and (out / "checkpoint_latest.pth").is_file():
             trainer.load(out / "checkpoint_latest.pth")
         trainer.run_training()
+        dist.barrier()   # every rank has finished its collectives before any tears gloo/NCCL down
     finally:
         dist.destroy_process_group()
 

@@ -5,14 +5,17 @@ Rows (each in its own process, so each peak memory is its own):
   nndose_1fold / nndose_1fold_tta / nndose_5folds_tta: whole nndose_predict path for one case
       (preprocessing, sliding window, mirroring, fold ensemble, resampling back), seconds per case;
   network_1fold: nndose's sliding window alone on the preprocessed case;
-  monai_1fold: MONAI's sliding_window_inference (Gaussian blending, overlap 0.5) over the same
-      network and input: the reference loop; ratio = network_1fold / monai_1fold;
+  monai_1fold: MONAI's sliding_window_inference (Gaussian blending, overlap 0.5, its default of one
+      window per forward pass) over the same network and input: the reference loop; ratio =
+      network_1fold / monai_1fold; monai_1fold_same_batch: the same with as many windows per forward
+      pass as nndose takes (ratio_same_batch);
   nndose_1fold_512x512x200: the same patient resampled onto a 512x512x200 CT grid (0.98 mm
       in-plane): peak memory of a clinical-size grid.
 The network has random weights (speed does not depend on them). Needs the OpenKBP archives
 (default ../shared/data/openkbp) for the plan and the case; MONAI for the reference row.
 
-python -m benchmarks.inference -o benchmarks/results/inference_<machine>.json [--device cpu|cuda]
+python -m benchmarks.inference -o benchmarks/results/inference_<machine>.json [--device cpu|cuda] [--small_network]
+--small_network plans the demo's CPU-sized network instead (many small windows, several per forward pass).
 """
 from __future__ import annotations
 
@@ -28,11 +31,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ("network_1fold", "monai_1fold", "nndose_1fold", "nndose_1fold_tta", "nndose_5folds_tta", "nndose_1fold_512x512x200")
+ROWS = ("network_1fold", "monai_1fold", "monai_1fold_same_batch", "nndose_1fold", "nndose_1fold_tta", "nndose_5folds_tta", "nndose_1fold_512x512x200")
 LARGE_SHAPE_ZYX = (200, 512, 512)
 
 
-def setup(work: Path, archives: Path) -> None:
+def setup(work: Path, archives: Path, small_network: bool = False) -> None:
     """The OpenKBP validation patients as a dataset, its default plan, a 5-fold model folder, and the
     name of the patient with the largest body (work/case.txt)."""
     import torch
@@ -50,7 +53,8 @@ def setup(work: Path, archives: Path) -> None:
     patients = extract_patients(archives / "openkbp-validation.tar.xz", work / "csv")
     raw = work / "nndose_raw" / "Dataset950_OpenKBPSpeed"
     convert_openkbp(patients[0].parent, raw, num_processes=1, progress=False)
-    plan_main(["-d", "950", "--plan_only", "-np", "1"])
+    from benchmarks.pipeline import CPU_PLAN
+    plan_main(["-d", "950", "--plan_only", "-np", "1", *(CPU_PLAN if small_network else [])])
     pre = work / "nndose_preprocessed" / raw.name
     plans = load_plans(pre / PLANS_FILE)
     model = work / "model"
@@ -130,12 +134,16 @@ def run_row(work: Path, row: str, device_name: str) -> dict:
     sync()
     start = time.perf_counter()
     if row == "network_1fold":
-        from nndose.inference.sliding_window import sliding_window
-        sliding_window(forward, image, patch, 0.5, channel_pad_values(predictor.conf["channels"], predictor.plans["ct_normalization"]))
-    elif row == "monai_1fold":
+        from nndose.inference.sliding_window import sliding_window, windows_per_forward
+        sliding_window(forward, image, patch, 0.5, channel_pad_values(predictor.conf["channels"], predictor.plans["ct_normalization"]),
+                       windows_per_forward(patch))
+    elif row.startswith("monai_1fold"):
         from monai.inferers import sliding_window_inference
+
+        from nndose.inference.sliding_window import windows_per_forward
+        batch = windows_per_forward(patch) if row.endswith("same_batch") else 1
         with torch.no_grad():
-            sliding_window_inference(image[None], patch, 1, forward, overlap=0.5, mode="gaussian")
+            sliding_window_inference(image[None], patch, batch, forward, overlap=0.5, mode="gaussian")
     else:
         predictor.predict_case(case)
     sync()
@@ -153,6 +161,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/nndose_inference_bench"))
     ap.add_argument("--openkbp", type=Path, default=REPO.parent / "shared" / "data" / "openkbp")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    ap.add_argument("--small_network", action="store_true", help="the demo's CPU-sized plan instead of the default")
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     ap.add_argument("--row", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -163,7 +172,7 @@ def main() -> None:
         return
     if args.o is None:
         ap.error("-o is required")
-    setup(args.work, args.openkbp)
+    setup(args.work, args.openkbp, args.small_network)
     env = dict(os.environ, nndose_raw=str(args.work / "nndose_raw"))
     rows = {}
     for row in args.rows:
@@ -174,15 +183,20 @@ def main() -> None:
             raise SystemExit(f"row {row} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
         rows[row] = json.loads(line[4:])
         print(f"{row:20s} {rows[row]['seconds']:8.2f} s  peak RSS {rows[row]['peak_rss_gib']:.2f} GiB", flush=True)
+    from nndose.inference.sliding_window import windows_per_forward
     from nndose.plans import configuration, load_plans
     conf = configuration(load_plans(args.work / "model" / "plans.json"), "3d_fullres")
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
                           "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None},
-              "plan": {"patch_size_zyx": conf["patch_size_zyx"], "network": conf["network"], "channels": len(conf["channels"])},
+              "plan": {"small_network": args.small_network, "patch_size_zyx": conf["patch_size_zyx"],
+                       "windows_per_forward": windows_per_forward(conf["patch_size_zyx"]), "monai_sw_batch_size": 1,
+                       "network": conf["network"], "channels": len(conf["channels"])},
               "rows": rows}
     if "network_1fold" in rows and "monai_1fold" in rows:
         result["network_over_monai"] = rows["network_1fold"]["seconds"] / rows["monai_1fold"]["seconds"]
+    if "network_1fold" in rows and "monai_1fold_same_batch" in rows:
+        result["network_over_monai_same_batch"] = rows["network_1fold"]["seconds"] / rows["monai_1fold_same_batch"]["seconds"]
     args.o.parent.mkdir(parents=True, exist_ok=True)
     args.o.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from nndose.inference.sliding_window import gaussian_weights, sliding_window, tile_starts
+from nndose.inference.sliding_window import gaussian_weights, sliding_window, tile_starts, windows_per_forward
 from nndose.training.augmentation import LateralMirror, lateral_pairs, mirror_lr, training_transforms
 from nndose.training.network import ResEncUNet
 
@@ -18,6 +18,25 @@ def test_sliding_window_reproduces_a_pointwise_function_exactly():
     out = sliding_window(lambda x: x[:, :1] * 3 + x[:, 1:2], image, (16, 16, 16), 0.5)
     assert out.dtype == torch.float32 and out.shape == (21, 37, 30)
     assert torch.allclose(out, image[0] * 3 + image[1], atol=1e-5)
+
+
+def test_batched_windows_give_the_same_dose_in_even_groups():
+    torch.manual_seed(0)
+    net = ResEncUNet(2, [4, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], [1, 1], [1]).eval()
+    image = torch.rand(2, 21, 37, 30)   # 2 x 4 x 3 = 24 windows of 16^3
+    sizes = []
+
+    def predict(x):
+        sizes.append(len(x))
+        return net(x)
+    one = sliding_window(predict, image, (16, 16, 16), 0.5, batch=1)
+    assert sizes == [1] * 24
+    sizes.clear()
+    five = sliding_window(predict, image, (16, 16, 16), 0.5, batch=5)
+    assert sizes == [4, 5, 5, 5, 5]   # 24 windows in 5 groups, no lone window
+    assert torch.allclose(one, five, atol=1e-5)
+    assert windows_per_forward((32, 28, 48)) == 8 and windows_per_forward((96, 80, 128)) == 1
+    assert windows_per_forward((64, 64, 64)) == 2
 
 
 def test_sliding_window_pads_small_images_with_channel_values():

@@ -26,13 +26,21 @@ def tile_starts(size: int, patch: int, step: float) -> list[int]:
     return [int(round(s)) for s in np.linspace(0, size - patch, n)]
 
 
+def windows_per_forward(patch, voxels: int = 2 ** 19, most: int = 8) -> int:
+    """How many windows one forward pass takes: several small ones (PyTorch runs a batch of one small
+    3D convolution input through its slow reference kernel on the CPU, 8x slower per window than a
+    batch of four), one large one (no gain, only memory)."""
+    return int(np.clip(voxels // int(np.prod(patch)), 1, most))
+
+
 @torch.no_grad()
 def sliding_window(predict, image: torch.Tensor, patch, step: float = 0.5, pad_values=None,
                    batch: int = 1) -> torch.Tensor:
     """predict: (B, C, *patch) -> (B, 1, *patch). image: (C, Z, Y, X) on the compute device.
 
     Pads to at least the patch size (per-channel pad values), accumulates Gaussian-weighted outputs
-    and weights in float32, and returns (Z, Y, X) float32.
+    and weights in float32, and returns (Z, Y, X) float32. Windows go through `predict` in groups of
+    at most `batch`, split evenly (9 windows at batch 4: 3, 3, 3; never a lone last window).
     """
     c, *shape = image.shape
     pads = [max(0, p - s) for p, s in zip(patch, shape)]
@@ -53,8 +61,8 @@ def sliding_window(predict, image: torch.Tensor, patch, step: float = 0.5, pad_v
     acc = torch.zeros(full, dtype=torch.float32, device=image.device)
     norm = torch.zeros(full, dtype=torch.float32, device=image.device)
     tiles = list(itertools.product(*[tile_starts(s, p, step) for s, p in zip(full, patch)]))
-    for i in range(0, len(tiles), batch):
-        group = tiles[i: i + batch]
+    n_groups = -(-len(tiles) // max(1, batch))
+    for group in (tiles[k * len(tiles) // n_groups: (k + 1) * len(tiles) // n_groups] for k in range(n_groups)):
         slices = [tuple(slice(s, s + p) for s, p in zip(t, patch)) for t in group]
         out = predict(torch.stack([image[(slice(None), *sl)] for sl in slices])).float()
         for sl, o in zip(slices, out):

@@ -392,16 +392,23 @@ def test_leave_site_out_training_never_sees_the_site(env, capsys):
 
 def test_time_budget_shortens_the_schedule(env, capsys):
     t = _trainer(env)
-    t.num_epochs, t.time_budget_s = 300, 100.0
+    t.num_epochs = t.epoch_cap = 300
+    t.time_budget_s = 100.0
     t.epoch = 2
     t.fit_to_time_budget(elapsed_s=20.0, epochs_done=2)      # 10 s per epoch, 80 s left -> 8 more epochs
     assert t.num_epochs == 10 and t.lr_at(9) > 0
-    t.epoch = 10
-    t.fit_to_time_budget(elapsed_s=130.0, epochs_done=10)    # over budget: stop after this epoch
-    assert t.num_epochs == 10
+    t.epoch = 5
+    t.fit_to_time_budget(elapsed_s=25.0, epochs_done=5)      # epochs got faster: 5 s each, 75 s left -> 15 more
+    assert t.num_epochs == 20
+    t.epoch = 19
+    t.fit_to_time_budget(elapsed_s=1.9, epochs_done=19)      # never past the requested number of epochs
+    assert t.num_epochs == 300
+    t.epoch = 20
+    t.fit_to_time_budget(elapsed_s=130.0, epochs_done=20)    # over budget: stop after this epoch
+    assert t.num_epochs == 20
     t.time_budget_s = None
-    t.fit_to_time_budget(elapsed_s=1e6, epochs_done=10)
-    assert t.num_epochs == 10
+    t.fit_to_time_budget(elapsed_s=1e6, epochs_done=20)
+    assert t.num_epochs == 20
     code, out, err = run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "50", "--iterations_per_epoch", "1",
                                               "--device", "cpu", "--time_budget_minutes", "0.02"], capsys)
     assert code == 0, err

@@ -42,7 +42,7 @@ class nndoseTrainer:
     initial_lr = 1e-3
     weight_decay = 1e-4
     num_epochs = 300
-    time_budget_s: float | None = None   # when set, num_epochs shrinks so that training ends within it
+    time_budget_s: float | None = None   # when set, num_epochs is fitted so that training ends within it
     iterations_per_epoch = 250
     val_iterations = 25
     grad_clip = 12.0
@@ -61,6 +61,7 @@ class nndoseTrainer:
         self.output_dir = Path(output_dir)
         self.device = device
         self.num_epochs = num_epochs or self.num_epochs
+        self.epoch_cap = self.num_epochs   # a time budget may shorten the schedule, and lengthen it back up to this
         self.iterations_per_epoch = iterations_per_epoch or self.iterations_per_epoch
         self.val_iterations = max(1, min(self.val_iterations, self.iterations_per_epoch))
         self.rank, self.world_size = rank, world_size
@@ -236,12 +237,13 @@ class nndoseTrainer:
             (self.output_dir / "checkpoint_latest.pth").unlink(missing_ok=True)
 
     def fit_to_time_budget(self, elapsed_s: float, epochs_done: int) -> None:
-        """With time_budget_s, cut num_epochs to what the mean epoch time so far lets finish in the budget
-        (the learning-rate schedule follows the new length)."""
+        """With time_budget_s, set num_epochs (at most the requested number) to what the mean epoch time
+        so far lets finish in the budget; it grows back when epochs get faster (a machine that was busy
+        early on). The learning-rate schedule follows the new length."""
         if not self.time_budget_s or epochs_done < 1:
             return
         fits = int((self.time_budget_s - elapsed_s) // (elapsed_s / epochs_done))
-        epochs = torch.tensor(max(self.epoch, min(self.num_epochs, self.epoch + fits)), device=self.device)
+        epochs = torch.tensor(max(self.epoch, min(self.epoch_cap, self.epoch + fits)), device=self.device)
         if self.world_size > 1:   # every rank must stop after the same epoch: rank 0 decides
             torch.distributed.broadcast(epochs, src=0)
         self.num_epochs = int(epochs)

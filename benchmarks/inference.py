@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ("network_1fold", "monai_1fold", "monai_1fold_same_batch", "nndose_1fold", "nndose_1fold_tta", "nndose_5folds_tta", "nndose_1fold_512x512x200")
+ROWS = ("network_1fold", "monai_1fold", "monai_1fold_same_batch", "nndose_1fold", "nndose_1fold_tta", "nndose_5folds_tta",
+        "nndose_1fold_512x512x200")
 LARGE_SHAPE_ZYX = (200, 512, 512)
 
 
@@ -53,7 +54,7 @@ def setup(work: Path, archives: Path, small_network: bool = False) -> None:
     patients = extract_patients(archives / "openkbp-validation.tar.xz", work / "csv")
     raw = work / "nndose_raw" / "Dataset950_OpenKBPSpeed"
     convert_openkbp(patients[0].parent, raw, num_processes=1, progress=False)
-    from benchmarks.pipeline import CPU_PLAN
+    from nndose.cli.demo import CPU_PLAN
     plan_main(["-d", "950", "--plan_only", "-np", "1", *(CPU_PLAN if small_network else [])])
     pre = work / "nndose_preprocessed" / raw.name
     plans = load_plans(pre / PLANS_FILE)
@@ -73,9 +74,11 @@ def setup(work: Path, archives: Path, small_network: bool = False) -> None:
 
 def _largest_case(raw: Path) -> Path:
     """The case whose body has the most voxels: the slowest to predict."""
-    from nndose.io.raw_dataset import TRAIN_DIR, list_cases, load_dataset_json, load_case
+    from nndose.io.raw_dataset import TRAIN_DIR, list_cases, load_dataset_json
+    from nndose.io.volumes import read_volume
     info = load_dataset_json(raw)
-    sizes = {c: int(load_case(c, info, require_dose=False).structures[info.body].sum()) for c in list_cases(raw, TRAIN_DIR)}
+    sizes = {c: int(read_volume(c / "structures" / f"{info.body}{info.file_ending}")[0].sum())
+             for c in list_cases(raw, TRAIN_DIR)}
     return max(sizes, key=sizes.get)
 
 
@@ -103,10 +106,8 @@ def _large_case(case: Path, large: Path) -> None:
 def run_row(work: Path, row: str, device_name: str) -> dict:
     import torch
 
-    import numpy as np
-
     from nndose.inference.predictor import DosePredictor
-    from nndose.inference.sliding_window import tile_starts
+    from nndose.inference.sliding_window import sliding_window, window_starts, windows_per_forward
     from nndose.io.raw_dataset import TRAIN_DIR, load_case
     from nndose.preprocessing.preprocess_case import preprocess_case
     from nndose.training.data import channel_pad_values
@@ -134,13 +135,9 @@ def run_row(work: Path, row: str, device_name: str) -> dict:
     sync()
     start = time.perf_counter()
     if row == "network_1fold":
-        from nndose.inference.sliding_window import sliding_window, windows_per_forward
-        sliding_window(forward, image, patch, 0.5, channel_pad_values(predictor.conf["channels"], predictor.plans["ct_normalization"]),
-                       windows_per_forward(patch))
+        sliding_window(forward, image, patch, 0.5, channel_pad_values(predictor.conf["channels"], predictor.plans["ct_normalization"]))
     elif row.startswith("monai_1fold"):
         from monai.inferers import sliding_window_inference
-
-        from nndose.inference.sliding_window import windows_per_forward
         batch = windows_per_forward(patch) if row.endswith("same_batch") else 1
         with torch.no_grad():
             sliding_window_inference(image[None], patch, batch, forward, overlap=0.5, mode="gaussian")
@@ -150,7 +147,7 @@ def run_row(work: Path, row: str, device_name: str) -> dict:
     seconds = time.perf_counter() - start
     return {"row": row, "seconds": seconds, "case": name, "case_shape_zyx": list(case.grid.shape_zyx),
             "preprocessed_shape_zyx": list(data.shape[1:]),
-            "windows": int(np.prod([len(tile_starts(max(n, k), k, 0.5)) for n, k in zip(data.shape[1:], patch)])),
+            "windows": len(window_starts(data.shape[1:], patch)),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None}
 

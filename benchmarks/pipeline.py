@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from experiment_planning.plan_and_preprocess import main as plan_and_preprocess
+from nndose.cli.demo import CPU_PLAN  # the demo's CPU-sized network
 from nndose.datasets.phantoms import generate_phantom_dataset
 from nndose.evaluation.evaluate import evaluate_folder
 from nndose.inference.predictor import DosePredictor, model_folder, predict_cases
@@ -18,7 +19,6 @@ from nndose.paths import preprocessed_root, require_dataset, results_root
 from nndose.plans import PLANS_FILE, load_plans
 from nndose.training.run import resolve_device, train_fold
 
-CPU_PLAN = ["--base_features", "8", "--max_features", "64", "--encoder_blocks", "1", "--max_patch", "32"]
 
 
 def phantom_benchmark_parser(doc: str, work: str, n: int | None = 80) -> argparse.ArgumentParser:

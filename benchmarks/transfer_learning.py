@@ -5,9 +5,9 @@ instead of 0.08) has a few
 training cases (default 24) and its own held-out test cases (default 16). Compared on those test
 cases: the source model as it is; the source model fine-tuned with nndose_finetune's default recipe;
 the same with a random output layer; the paper's exact rates (random output layer at a tenth too);
-fine-tuning with the output layer kept; with the encoder trainable too; a model trained from scratch on the few target cases. Also
-the source model on its own style's test cases, the accuracy the target style should be brought
-back to. Reported: isodose Dice 10-100 %, DVH point errors, OpenKBP scores, MAE, and each model's
+fine-tuning with the output layer kept; with the encoder trainable too; a model trained from
+scratch on the few target cases. Also the source model on its own style's test cases, the accuracy
+the target style should be brought back to. Reported: isodose Dice 10-100 %, DVH point errors, OpenKBP scores, MAE, and each model's
 gain over the source model. Writes JSON.
 
 python -m benchmarks.transfer_learning -o benchmarks/results/transfer_<machine>.json [--n_source 60 --n_target 40]
@@ -36,7 +36,7 @@ FINETUNE_VARIANTS = {"finetuned_model": {},
 def gain_over(baseline: dict, model: dict) -> dict:
     """What a model gains over the baseline on the same cases (positive = better), with the cases it
     predicts better and paired Wilcoxon tests of the per-case dose and DVH errors."""
-    dice = [k for k in baseline["isodose_dice"] if baseline["isodose_dice"][k] is not None and model["isodose_dice"][k] is not None]
+    dice = [k for k, v in baseline["isodose_dice"].items() if v is not None and model["isodose_dice"][k] is not None]
     points = sorted(set(baseline["dvh_point_abs_error_gy"]) & set(model["dvh_point_abs_error_gy"]))
     return {"dose_score_gy": baseline["dose_score_gy"] - model["dose_score_gy"],
             "dvh_score_gy": baseline["dvh_score_gy"] - model["dvh_score_gy"],

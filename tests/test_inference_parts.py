@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from nndose.inference.sliding_window import gaussian_weights, sliding_window, tile_starts, windows_per_forward
+from nndose.inference.sliding_window import (gaussian_weights, sliding_window, tile_starts, window_starts,
+                                             windows_per_forward)
 from nndose.training.augmentation import LateralMirror, lateral_pairs, mirror_lr, training_transforms
 from nndose.training.network import ResEncUNet
 
@@ -35,6 +36,9 @@ def test_batched_windows_give_the_same_dose_in_even_groups():
     five = sliding_window(predict, image, (16, 16, 16), 0.5, batch=5)
     assert sizes == [4, 5, 5, 5, 5]   # 24 windows in 5 groups, no lone window
     assert torch.allclose(one, five, atol=1e-5)
+    sizes.clear()
+    sliding_window(predict, image, (16, 16, 16), 0.5)   # default: windows_per_forward(16^3) = 8
+    assert sizes == [8, 8, 8] and len(window_starts(image.shape[1:], (16, 16, 16))) == 24
     assert windows_per_forward((32, 28, 48)) == 8 and windows_per_forward((96, 80, 128)) == 1
     assert windows_per_forward((64, 64, 64)) == 2
 

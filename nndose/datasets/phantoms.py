@@ -134,7 +134,7 @@ def generate_phantom_dataset(dataset_dir: Path, num_cases: int = 40, seed: int =
     jobs = [(i, TEST_DIR if i >= num_cases - n_test else TRAIN_DIR, f"phantom_{i:03d}") for i in range(num_cases)]
     info = phantom_dataset_info(dataset_dir.name.split("_", 1)[-1], num_cases - n_test, planning, sites, modalities)
     with staged_directory(dataset_dir) as stage:
-        map_with_progress(partial(_write_case, folder=stage, seed=seed, style=planning, sites=sites, modalities=modalities), jobs, num_processes,
-                          "phantoms", progress)
+        write = partial(_write_case, folder=stage, seed=seed, style=planning, sites=sites, modalities=modalities)
+        map_with_progress(write, jobs, num_processes, "phantoms", progress)
         atomic_write_json(stage / "dataset.json", info.to_json())
     return info

@@ -22,7 +22,7 @@ from nndose.training.augmentation import lateral_pairs, mirror_lr
 from nndose.training.checkpoints import load_checkpoint
 from nndose.training.data import channel_pad_values
 from nndose.training.network import build_network
-from nndose.inference.sliding_window import sliding_window, windows_per_forward
+from nndose.inference.sliding_window import sliding_window
 
 
 def model_folder(results_dataset_dir: Path, trainer: str, plans_name: str, config: str) -> Path:
@@ -76,12 +76,10 @@ class DosePredictor:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
                 return net(x).float()
 
-        patch = self.conf["patch_size_zyx"]
-        batch = windows_per_forward(patch)
-        out = sliding_window(run, image, patch, self.step, self.pad, batch)
+        out = sliding_window(run, image, self.conf["patch_size_zyx"], self.step, self.pad)
         if self.use_tta:
-            mirrored = sliding_window(run, mirror_lr(image, self.pairs), patch, self.step,
-                                      mirror_lr(torch.tensor(self.pad).view(-1, 1, 1, 1), self.pairs).view(-1).tolist(), batch)
+            mirrored = sliding_window(run, mirror_lr(image, self.pairs), self.conf["patch_size_zyx"], self.step,
+                                      mirror_lr(torch.tensor(self.pad).view(-1, 1, 1, 1), self.pairs).view(-1).tolist())
             out = 0.5 * (out + torch.flip(mirrored, (2,)))
         return out
 

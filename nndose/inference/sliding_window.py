@@ -33,14 +33,20 @@ def windows_per_forward(patch, voxels: int = 2 ** 19, most: int = 8) -> int:
     return int(np.clip(voxels // int(np.prod(patch)), 1, most))
 
 
+def window_starts(shape, patch, step: float = 0.5) -> list[tuple[int, ...]]:
+    """Start of every window over a volume of `shape` (padded to at least the patch)."""
+    return list(itertools.product(*[tile_starts(max(s, p), p, step) for s, p in zip(shape, patch)]))
+
+
 @torch.no_grad()
 def sliding_window(predict, image: torch.Tensor, patch, step: float = 0.5, pad_values=None,
-                   batch: int = 1) -> torch.Tensor:
+                   batch: int | None = None) -> torch.Tensor:
     """predict: (B, C, *patch) -> (B, 1, *patch). image: (C, Z, Y, X) on the compute device.
 
     Pads to at least the patch size (per-channel pad values), accumulates Gaussian-weighted outputs
     and weights in float32, and returns (Z, Y, X) float32. Windows go through `predict` in groups of
-    at most `batch`, split evenly (9 windows at batch 4: 3, 3, 3; never a lone last window).
+    at most `batch` (default: windows_per_forward(patch)), split evenly (9 windows at batch 4: 3, 3,
+    3; never a lone last window).
     """
     c, *shape = image.shape
     pads = [max(0, p - s) for p, s in zip(patch, shape)]
@@ -60,8 +66,8 @@ def sliding_window(predict, image: torch.Tensor, patch, step: float = 0.5, pad_v
     weights = torch.from_numpy(gaussian_weights(tuple(patch))).to(image.device)
     acc = torch.zeros(full, dtype=torch.float32, device=image.device)
     norm = torch.zeros(full, dtype=torch.float32, device=image.device)
-    tiles = list(itertools.product(*[tile_starts(s, p, step) for s, p in zip(full, patch)]))
-    n_groups = -(-len(tiles) // max(1, batch))
+    tiles = window_starts(full, patch, step)
+    n_groups = -(-len(tiles) // max(1, batch or windows_per_forward(patch)))
     for group in (tiles[k * len(tiles) // n_groups: (k + 1) * len(tiles) // n_groups] for k in range(n_groups)):
         slices = [tuple(slice(s, s + p) for s, p in zip(t, patch)) for t in group]
         out = predict(torch.stack([image[(slice(None), *sl)] for sl in slices])).float()

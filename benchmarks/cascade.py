@@ -14,6 +14,7 @@ import json
 import time
 
 from benchmarks import pipeline
+from nndose.cli.common import run_cli
 from nndose.io.raw_dataset import TEST_DIR, list_cases
 
 FOLDS = ("0", "1", "2", "3", "4")
@@ -48,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("benchmarks.cascade", lambda _argv: main())   # an NndoseError is one line, exit 2

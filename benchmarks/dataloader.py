@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from nndose.cli.common import run_cli
 from nndose.plans import PLANS_FILE, load_plans
 from nndose.training.trainer import nndoseTrainer
 
@@ -77,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("benchmarks.dataloader", lambda _argv: main())   # an NndoseError is one line, exit 2

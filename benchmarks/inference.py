@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from nndose.cli.common import OneLineParser, run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 ROWS = ("network_1fold", "monai_1fold", "monai_1fold_same_batch", "nndose_1fold", "nndose_1fold_tta", "nndose_5folds_tta",
         "nndose_1fold_512x512x200")
@@ -153,7 +155,7 @@ def run_row(work: Path, row: str, device_name: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", type=Path)
     ap.add_argument("--work", type=Path, default=Path("/tmp/nndose_inference_bench"))
     ap.add_argument("--openkbp", type=Path, default=REPO.parent / "shared" / "data" / "openkbp")
@@ -200,4 +202,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("benchmarks.inference", lambda _argv: main())   # an NndoseError is one line, exit 2

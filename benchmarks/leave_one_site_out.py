@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from benchmarks import pipeline
+from nndose.cli.common import run_cli
 from nndose.io.plan_file import load_plan
 from nndose.io.raw_dataset import TEST_DIR, list_cases
 
@@ -32,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("benchmarks.leave_one_site_out", lambda _argv: main())   # an NndoseError is one line, exit 2

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks import pipeline
+from nndose.cli.common import run_cli
 from nndose.datasets.openkbp import convert_openkbp, export_openkbp
 from nndose.datasets.openkbp_archives import extract_patients
 from nndose.io.raw_dataset import TEST_DIR, list_cases
@@ -97,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("benchmarks.openkbp", lambda _argv: main())   # an NndoseError is one line, exit 2

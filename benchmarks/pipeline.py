@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from experiment_planning.plan_and_preprocess import main as plan_and_preprocess
+from nndose.cli.common import OneLineParser
 from nndose.cli.demo import CPU_PLAN  # the demo's CPU-sized network
 from nndose.datasets.phantoms import generate_phantom_dataset
 from nndose.evaluation.evaluate import evaluate_folder
@@ -23,7 +24,7 @@ from nndose.training.run import resolve_device, train_fold
 
 def phantom_benchmark_parser(doc: str, work: str, n: int | None = 80) -> argparse.ArgumentParser:
     """The options every phantom benchmark shares (-o, --work, --n, --epochs, --iterations, --device, ...)."""
-    ap = argparse.ArgumentParser(description=doc)
+    ap = OneLineParser(description=doc)
     ap.add_argument("-o", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=Path(work))
     if n is not None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from benchmarks.openkbp import patient_folders
+from nndose.cli.common import run_cli
 from nndose.datasets.openkbp import convert_openkbp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("benchmarks.preprocess", lambda _argv: main())   # an NndoseError is one line, exit 2

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from nndose.cli.common import run_cli
 from nndose.plans import PLANS_FILE, configuration, load_plans
 from nndose.preprocessing.storage import list_preprocessed_cases, load_case
 from nndose.training.trainer import nndoseTrainer
@@ -95,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("benchmarks.training_speed", lambda _argv: main())   # an NndoseError is one line, exit 2

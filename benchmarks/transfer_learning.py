@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from benchmarks import pipeline
+from nndose.cli.common import run_cli
 from nndose.evaluation.evaluate import compare
 from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, list_cases
 from nndose.training.run_finetune import finetune_fold
@@ -111,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("benchmarks.transfer_learning", lambda _argv: main())   # an NndoseError is one line, exit 2

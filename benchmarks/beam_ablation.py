@@ -11,7 +11,8 @@ import time
 
 from benchmarks import pipeline
 from nndose.cli.common import run_cli
-from nndose.io.raw_dataset import TEST_DIR, list_cases
+from nndose.io.layout import TEST_DIR
+from nndose.io.raw_dataset import list_cases
 
 
 def main() -> None:
@@ -22,7 +23,7 @@ def main() -> None:
     raw = pipeline.phantoms(910, "Beams", args.n, seed=7, num_processes=args.np)
     raw_nobeam = pipeline.copy_raw(raw, 911, "NoBeams")
     pipeline.plan(910, args.small_network, num_processes=args.np)
-    pipeline.plan(911, args.small_network, ["--no_beam_channels"], num_processes=args.np)
+    pipeline.plan(911, args.small_network, num_processes=args.np, beam_channels=False)
     result = {"n_phantoms": args.n, "epochs": args.epochs, "iterations_per_epoch": args.iterations}
     for key, dataset_id, folder in (("with_beam_channels", 910, raw), ("without_beam_channels", 911, raw_nobeam)):
         model = pipeline.train(dataset_id, args.epochs, args.iterations, args.device)

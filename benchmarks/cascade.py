@@ -15,13 +15,14 @@ import time
 
 from benchmarks import pipeline
 from nndose.cli.common import run_cli
-from nndose.io.raw_dataset import TEST_DIR, list_cases
+from nndose.io.layout import FOLDS, TEST_DIR, VALIDATION_DIR, fold_folder
+from nndose.io.raw_dataset import list_cases
 
-FOLDS = ("0", "1", "2", "3", "4")
 
 
 def _validation(model_dir) -> dict:
-    scores = [json.loads((model_dir / f"fold_{f}" / "validation" / "summary.json").read_text())["aggregate"] for f in FOLDS]
+    scores = [json.loads((fold_folder(model_dir, f) / VALIDATION_DIR / "summary.json").read_text())["aggregate"]
+              for f in FOLDS]
     return {"dose_score_gy": sum(s["dose_score"] for s in scores) / len(scores),
             "dvh_score_gy": sum(s["dvh_score"] for s in scores) / len(scores)}
 

@@ -19,13 +19,15 @@ from pathlib import Path
 import torch
 
 from nndose.cli.common import run_cli
-from nndose.plans import PLANS_FILE, load_plans
-from nndose.training.trainer import nndoseTrainer
+from nndose.io.layout import PLANS_FILE
+from nndose.plans import load_plans
+from nndose.training.trainer import TrainerSettings, nndoseTrainer
 
 
 def _trainer(args, out: Path, workers: int, device: torch.device) -> nndoseTrainer:
     plans = load_plans(args.preprocessed / PLANS_FILE)
-    t = nndoseTrainer(plans, args.c, "all", args.preprocessed, out, device, 1, 1, num_workers=workers)
+    t = nndoseTrainer(plans, args.c, "all", args.preprocessed, out, device,
+                      TrainerSettings(epochs=1, iterations_per_epoch=1, num_workers=workers))
     t.initialize()
     return t
 
@@ -66,7 +68,7 @@ def main() -> None:
             for _ in range(args.batches):
                 next(loader)
             per_s = args.batches / (time.perf_counter() - start)
-            row = {"batches_per_second": per_s, "startup_seconds": startup, "batch_size": t.conf["batch_size"]}
+            row = {"batches_per_second": per_s, "startup_seconds": startup, "batch_size": t.conf.batch_size}
             if step_ms:
                 row["loading_keeps_up"] = per_s >= 1000.0 / step_ms
             result["rows"][str(workers)] = row

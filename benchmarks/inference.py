@@ -43,40 +43,45 @@ def setup(work: Path, archives: Path, small_network: bool = False) -> None:
     name of the patient with the largest body (work/case.txt)."""
     import torch
 
-    from experiment_planning.plan_and_preprocess import main as plan_main
     from nndose.datasets.openkbp import convert_openkbp
     from nndose.datasets.openkbp_archives import extract_patients
-    from nndose.plans import PLANS_FILE, configuration, load_plans
-    from nndose.training.checkpoints import save_checkpoint
-    from nndose.training.network import build_network
+    from nndose.experiment_planning.plan_and_preprocess import PreprocessingRun, plan_and_preprocess
+    from nndose.experiment_planning.planner import CPU_PLANNER, PlannerOptions
+    from nndose.io.checkpoints import save_checkpoint
+    from nndose.io.layout import CHECKPOINT_FINAL, DATASET_JSON, MODEL_PLANS_FILE, PLANS_FILE, fold_folder
+    from nndose.networks import build_network
+    from nndose.paths import ENV_VARIABLES
+    from nndose.plans import load_plans
 
     shutil.rmtree(work, ignore_errors=True)
-    for var in ("nndose_raw", "nndose_preprocessed", "nndose_results"):
+    for var in ENV_VARIABLES:
         os.environ[var] = str(work / var)
     patients = extract_patients(archives / "openkbp-validation.tar.xz", work / "csv")
     raw = work / "nndose_raw" / "Dataset950_OpenKBPSpeed"
     convert_openkbp(patients[0].parent, raw, num_processes=1, progress=False)
-    from nndose.cli.demo import CPU_PLAN
-    plan_main(["-d", "950", "--plan_only", "-np", "1", *(CPU_PLAN if small_network else [])])
+    plan_and_preprocess(950, CPU_PLANNER if small_network else PlannerOptions(),
+                        PreprocessingRun(num_processes=1, plan_only=True))
     pre = work / "nndose_preprocessed" / raw.name
     plans = load_plans(pre / PLANS_FILE)
     model = work / "model"
     model.mkdir()
-    shutil.copy(pre / PLANS_FILE, model / "plans.json")
-    shutil.copy(raw / "dataset.json", model / "dataset.json")
+    shutil.copy(pre / PLANS_FILE, model / MODEL_PLANS_FILE)
+    shutil.copy(raw / DATASET_JSON, model / DATASET_JSON)
     case = _largest_case(raw)
     (work / "case.txt").write_text(case.name)
     _large_case(case, raw.parent / "large")
-    channels = configuration(plans, "3d_fullres")["channels"]
+    conf = plans.configuration("3d_fullres")
     for fold in range(5):
         torch.manual_seed(fold)
-        net = build_network(plans, "3d_fullres")
-        save_checkpoint(model / f"fold_{fold}" / "checkpoint_final.pth", {"network": net.state_dict(), "channels": channels})
+        net = build_network(conf)
+        save_checkpoint(fold_folder(model, str(fold)) / CHECKPOINT_FINAL,
+                        {"network": net.state_dict(), "channels": list(conf.channels)})
 
 
 def _largest_case(raw: Path) -> Path:
     """The case whose body has the most voxels: the slowest to predict."""
-    from nndose.io.raw_dataset import TRAIN_DIR, list_cases, load_dataset_json
+    from nndose.io.layout import TRAIN_DIR
+    from nndose.io.raw_dataset import list_cases, load_dataset_json
     from nndose.io.volumes import read_volume
     info = load_dataset_json(raw)
     sizes = {c: int(read_volume(c / "structures" / f"{info.body}{info.file_ending}")[0].sum())
@@ -110,9 +115,9 @@ def run_row(work: Path, row: str, device_name: str) -> dict:
 
     from nndose.inference.predictor import DosePredictor
     from nndose.inference.sliding_window import sliding_window, window_starts, windows_per_forward
-    from nndose.io.raw_dataset import TRAIN_DIR, load_case
-    from nndose.preprocessing.preprocess_case import preprocess_case
-    from nndose.training.data import channel_pad_values
+    from nndose.io.layout import TRAIN_DIR
+    from nndose.io.raw_dataset import load_case
+    from nndose.preprocessing.channels import channel_pad_values
 
     device = torch.device(device_name)
     folds = ["0", "1", "2", "3", "4"] if row == "nndose_5folds_tta" else ["0"]
@@ -120,9 +125,9 @@ def run_row(work: Path, row: str, device_name: str) -> dict:
     name = (work / "case.txt").read_text()
     case_dir = work / "nndose_raw" / ("large" if row.endswith("512x512x200") else "Dataset950_OpenKBPSpeed/" + TRAIN_DIR) / name
     case = load_case(case_dir, predictor.info, require_dose=False)
-    patch = predictor.conf["patch_size_zyx"]
+    patch = predictor.conf.patch_size_zyx
     net = predictor.networks[0]
-    data, _, _ = preprocess_case(case, predictor.info, predictor.plans, predictor.conf)
+    data, _ = predictor.preprocess(case)
     image = torch.from_numpy(data).to(device)
     amp = device.type == "cuda"
 
@@ -137,7 +142,7 @@ def run_row(work: Path, row: str, device_name: str) -> dict:
     sync()
     start = time.perf_counter()
     if row == "network_1fold":
-        sliding_window(forward, image, patch, 0.5, channel_pad_values(predictor.conf["channels"], predictor.plans["ct_normalization"]))
+        sliding_window(forward, image, patch, 0.5, channel_pad_values(predictor.conf.channels, predictor.plans.ct_normalization))
     elif row.startswith("monai_1fold"):
         from monai.inferers import sliding_window_inference
         batch = windows_per_forward(patch) if row.endswith("same_batch") else 1
@@ -183,14 +188,15 @@ def main() -> None:
         rows[row] = json.loads(line[4:])
         print(f"{row:20s} {rows[row]['seconds']:8.2f} s  peak RSS {rows[row]['peak_rss_gib']:.2f} GiB", flush=True)
     from nndose.inference.sliding_window import windows_per_forward
-    from nndose.plans import configuration, load_plans
-    conf = configuration(load_plans(args.work / "model" / "plans.json"), "3d_fullres")
+    from nndose.io.layout import MODEL_PLANS_FILE
+    from nndose.plans import load_plans
+    conf = load_plans(args.work / "model" / MODEL_PLANS_FILE).configuration("3d_fullres")
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
                           "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None},
-              "plan": {"small_network": args.small_network, "patch_size_zyx": conf["patch_size_zyx"],
-                       "windows_per_forward": windows_per_forward(conf["patch_size_zyx"]), "monai_sw_batch_size": 1,
-                       "network": conf["network"], "channels": len(conf["channels"])},
+              "plan": {"small_network": args.small_network, "patch_size_zyx": list(conf.patch_size_zyx),
+                       "windows_per_forward": windows_per_forward(conf.patch_size_zyx), "monai_sw_batch_size": 1,
+                       "network": conf.network.to_json(), "channels": len(conf.channels)},
               "rows": rows}
     if "network_1fold" in rows and "monai_1fold" in rows:
         result["network_over_monai"] = rows["network_1fold"]["seconds"] / rows["monai_1fold"]["seconds"]

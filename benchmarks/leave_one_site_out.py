@@ -11,7 +11,8 @@ import time
 from benchmarks import pipeline
 from nndose.cli.common import run_cli
 from nndose.io.plan_file import load_plan
-from nndose.io.raw_dataset import TEST_DIR, list_cases
+from nndose.io.layout import TEST_DIR
+from nndose.io.raw_dataset import list_cases
 
 
 def main() -> None:

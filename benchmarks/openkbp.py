@@ -20,7 +20,8 @@ from benchmarks import pipeline
 from nndose.cli.common import run_cli
 from nndose.datasets.openkbp import convert_openkbp, export_openkbp
 from nndose.datasets.openkbp_archives import extract_patients
-from nndose.io.raw_dataset import TEST_DIR, list_cases
+from nndose.io.layout import TEST_DIR
+from nndose.io.raw_dataset import list_cases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,15 +69,15 @@ def main() -> None:
     convert_openkbp(train, raw, num_processes=args.np)
     convert_openkbp(patient_folders(args.openkbp, args.work, args.test), raw, test=True, num_processes=args.np)
     converted = time.time()
-    pipeline.plan(960, args.small_network, num_processes=args.np,
-                  extra=["--max_batch", str(args.max_batch)] if args.max_batch else [])
+    pipeline.plan(960, args.small_network, num_processes=args.np, max_batch=args.max_batch)
     planned = time.time()
-    from nndose.training.run import train_fold
-    fold_dir = train_fold(960, "3d_fullres", "all", args.trainer, args.device, None, args.iterations,
-                          time_budget_minutes=args.minutes)
+    from nndose.training.run import TrainingRun, train_fold
+    fold_dir = train_fold(TrainingRun(960, "3d_fullres", "all", args.trainer, args.device, None, args.iterations,
+                                      time_budget_minutes=args.minutes))
     trained = time.time()
-    from nndose.inference.predictor import DosePredictor, predict_cases
-    from nndose.training.run import resolve_device
+    from nndose.devices import resolve_device
+    from nndose.inference.predict_cases import predict_cases
+    from nndose.inference.predictor import DosePredictor
     predictor = DosePredictor(fold_dir.parent, "3d_fullres", ["all"], resolve_device(args.device), not args.disable_tta)
     cases = list_cases(raw, TEST_DIR)
     pred = args.work / "predictions"

@@ -9,17 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment_planning.plan_and_preprocess import main as plan_and_preprocess
-from nndose.cli.common import OneLineParser
-from nndose.cli.demo import CPU_PLAN  # the demo's CPU-sized network
-from nndose.datasets.phantoms import generate_phantom_dataset
-from nndose.evaluation.evaluate import evaluate_folder
-from nndose.inference.predictor import DosePredictor, model_folder, predict_cases
-from nndose.io.raw_dataset import load_dataset_json
-from nndose.paths import preprocessed_root, require_dataset, results_root
-from nndose.plans import PLANS_FILE, load_plans
-from nndose.training.run import resolve_device, train_fold
+from dataclasses import replace
 
+from nndose.cli.common import OneLineParser
+from nndose.datasets.phantoms import generate_phantom_dataset
+from nndose.devices import resolve_device
+from nndose.evaluation.evaluate import evaluate_folder
+from nndose.experiment_planning.plan_and_preprocess import PreprocessingRun, plan_and_preprocess
+from nndose.experiment_planning.planner import CPU_PLANNER, PlannerOptions
+from nndose.inference.predict_cases import predict_cases
+from nndose.inference.predictor import DosePredictor
+from nndose.io.layout import CHECKPOINT_FINAL, PLANS_FILE, fold_folder, model_folder
+from nndose.io.raw_dataset import load_dataset_json
+from nndose.paths import ENV_VARIABLES, preprocessed_root, require_dataset, results_root
+from nndose.plans import load_plans
+from nndose.training.run import TrainingRun, train_fold
 
 
 def phantom_benchmark_parser(doc: str, work: str, n: int | None = 80) -> argparse.ArgumentParser:
@@ -48,7 +52,7 @@ def use_work_folder(work: Path, keep: bool = False) -> Path:
     work = Path(work).resolve()
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
-    for var in ("nndose_raw", "nndose_preprocessed", "nndose_results"):
+    for var in ENV_VARIABLES:
         os.environ[var] = str(work / var)
         (work / var).mkdir(parents=True, exist_ok=True)
     return work
@@ -69,10 +73,12 @@ def copy_raw(src: Path, dataset_id: int, name: str) -> Path:
     return dst
 
 
-def plan(dataset_id: int, small_network: bool, extra: list[str] = (), num_processes: int = 2,
-         configs: tuple[str, ...] = ("3d_fullres",)) -> None:
-    plan_and_preprocess(["-d", str(dataset_id), "-c", *configs, "-np", str(num_processes),
-                         *(CPU_PLAN if small_network else []), *extra])
+def plan(dataset_id: int, small_network: bool, num_processes: int = 2, configs: tuple[str, ...] = ("3d_fullres",),
+         **options) -> None:
+    """Plan and preprocess; `small_network` takes the demo's CPU plan, `options` override PlannerOptions
+    fields (e.g. beam_channels=False, max_batch=4)."""
+    planner = replace(CPU_PLANNER if small_network else PlannerOptions(), **options)
+    plan_and_preprocess(dataset_id, planner, PreprocessingRun(tuple(configs), num_processes))
 
 
 def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_sites=(), config: str = "3d_fullres",
@@ -80,11 +86,11 @@ def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_si
     """The trained model folder; with `reuse`, a fold that already has its final checkpoint is kept."""
     if reuse:
         pre = require_dataset(preprocessed_root(), dataset_id, "preprocessed")
-        model = model_folder(results_root() / pre.name, "nndoseTrainer", load_plans(pre / PLANS_FILE)["plans_name"], config)
-        if (model / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+        model = model_folder(results_root() / pre.name, "nndoseTrainer", load_plans(pre / PLANS_FILE).plans_name, config)
+        if (fold_folder(model, fold) / CHECKPOINT_FINAL).is_file():
             return model
-    return train_fold(dataset_id, config, fold, "nndoseTrainer", device, epochs, iterations,
-                      exclude_sites=tuple(exclude_sites)).parent
+    return train_fold(TrainingRun(dataset_id, config, fold, "nndoseTrainer", device, epochs, iterations,
+                                  exclude_sites=tuple(exclude_sites))).parent
 
 
 def score(case_dirs: list[Path], raw: Path, predictions: Path) -> dict:

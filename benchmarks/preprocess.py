@@ -18,6 +18,7 @@ from pathlib import Path
 from benchmarks.openkbp import patient_folders
 from nndose.cli.common import run_cli
 from nndose.datasets.openkbp import convert_openkbp
+from nndose.paths import ENV_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,13 +32,13 @@ def main() -> None:
     ap.add_argument("--row", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.row:
-        from experiment_planning.plan_and_preprocess import main as plan_main
-        plan_main(["-d", "970", "-c", "3d_fullres", "-np", str(args.row)])
+        from nndose.experiment_planning.plan_and_preprocess import PreprocessingRun, plan_and_preprocess
+        plan_and_preprocess(970, run=PreprocessingRun(("3d_fullres",), args.row))
         peak = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
         print(f"PEAK_KIB {peak}")
         return
     shutil.rmtree(args.work, ignore_errors=True)
-    env = dict(os.environ, **{v: str(args.work / v) for v in ("nndose_raw", "nndose_preprocessed", "nndose_results")})
+    env = dict(os.environ, **{v: str(args.work / v) for v in ENV_VARIABLES})
     train = patient_folders(args.openkbp, args.work, "train")
     if args.n:
         subset = args.work / "csv" / "subset"

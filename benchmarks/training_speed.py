@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from nndose.cli.common import run_cli
-from nndose.plans import PLANS_FILE, configuration, load_plans
+from nndose.io.layout import PLANS_FILE
+from nndose.plans import load_plans
 from nndose.preprocessing.storage import list_preprocessed_cases, load_case
-from nndose.training.trainer import nndoseTrainer
+from nndose.training.trainer import TrainerSettings, nndoseTrainer
 
 
 def main() -> None:
@@ -37,9 +38,10 @@ def main() -> None:
         os.environ["nndose_compile"] = "0"
     device = torch.device(args.device)
     plans = load_plans(args.preprocessed / PLANS_FILE)
-    conf = configuration(plans, args.c)
+    conf = plans.configuration(args.c)
     with tempfile.TemporaryDirectory() as out:
-        t = nndoseTrainer(plans, args.c, "all", args.preprocessed, Path(out), device, 1, args.iterations)
+        t = nndoseTrainer(plans, args.c, "all", args.preprocessed, Path(out), device,
+                          TrainerSettings(epochs=1, iterations_per_epoch=args.iterations))
         t.initialize()
         loader = iter(t._loader(t.train_cases, t.get_training_transforms(), 0))
         batches = [next(loader) for _ in range(min(args.iterations, 8))]
@@ -61,9 +63,9 @@ def main() -> None:
         step_s = (time.time() - start) / args.iterations
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
         from nndose.inference.sliding_window import sliding_window
-        from nndose.training.augmentation import lateral_pairs, mirror_lr
-        case = list_preprocessed_cases(args.preprocessed / conf["data_identifier"])[0]
-        data, _, _ = load_case(args.preprocessed / conf["data_identifier"], case, mmap=False)
+        from nndose.inference.mirroring import lateral_pairs, mirror_lr
+        case = list_preprocessed_cases(args.preprocessed / conf.data_identifier)[0]
+        data, _, _ = load_case(args.preprocessed / conf.data_identifier, case, mmap=False)
         image = torch.from_numpy(data).to(device)
         net = t.network.eval()
 
@@ -72,22 +74,22 @@ def main() -> None:
                 return net(x).float()
         timings = {}
         for tta in (False, True):
-            sliding_window(run, image, conf["patch_size_zyx"])  # warm-up
+            sliding_window(run, image, conf.patch_size_zyx)  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()
             s = time.time()
-            sliding_window(run, image, conf["patch_size_zyx"])
+            sliding_window(run, image, conf.patch_size_zyx)
             if tta:
-                sliding_window(run, mirror_lr(image, lateral_pairs(conf["channels"])), conf["patch_size_zyx"])
+                sliding_window(run, mirror_lr(image, lateral_pairs(list(conf.channels))), conf.patch_size_zyx)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             timings["predict_one_case_tta_s" if tta else "predict_one_case_s"] = time.time() - s
     result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "amp": device.type == "cuda",
               "torch_compile": device.type == "cuda" and not args.no_compile, "config": args.c,
-              "patch_size_zyx": conf["patch_size_zyx"], "batch_size": conf["batch_size"],
-              "features_per_stage": conf["network"]["features_per_stage"], "iterations_timed": args.iterations,
-              "seconds_per_iteration": step_s, "samples_per_second": conf["batch_size"] / step_s,
+              "patch_size_zyx": list(conf.patch_size_zyx), "batch_size": conf.batch_size,
+              "features_per_stage": list(conf.network.features_per_stage), "iterations_timed": args.iterations,
+              "seconds_per_iteration": step_s, "samples_per_second": conf.batch_size / step_s,
               "data_loading_seconds_per_batch_single_process": load_s, "peak_gpu_memory_gib": peak,
               "case_shape_zyx": list(data.shape[1:]), **timings}
     args.o.parent.mkdir(parents=True, exist_ok=True)

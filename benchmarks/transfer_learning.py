@@ -24,7 +24,10 @@ import numpy as np
 from benchmarks import pipeline
 from nndose.cli.common import run_cli
 from nndose.evaluation.evaluate import compare
-from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, list_cases
+from nndose.io.layout import TEST_DIR, TRAIN_DIR
+from nndose.io.raw_dataset import list_cases
+from nndose.training.finetune import FinetuneOptions
+from nndose.training.run import TrainingRun
 from nndose.training.run_finetune import finetune_fold
 
 FINETUNE_VARIANTS = {"finetuned_model": {},
@@ -94,8 +97,9 @@ def main() -> None:
     result["source_model"] = pipeline.predict_and_score(source_model, test, target, work / "pred/source", args.device)
     for name in args.variants:
         clock = time.time()
-        trained = finetune_fold(941, "3d_fullres", "all", source_model, epochs=args.finetune_epochs,
-                                iterations=args.iterations, device=args.device, **FINETUNE_VARIANTS[name]).parent
+        run = TrainingRun(941, "3d_fullres", "all", "nndoseTrainer_Finetune", args.device, args.finetune_epochs,
+                          args.iterations, overwrite=True)
+        trained = finetune_fold(run, FinetuneOptions(source_model, **FINETUNE_VARIANTS[name])).parent
         result["seconds_per_step"][name] = time.time() - clock
         model = work / "models" / name   # each variant writes the same trainer folder: keep it aside
         shutil.rmtree(model, ignore_errors=True)

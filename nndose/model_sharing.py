@@ -2,43 +2,54 @@
 
 The archive holds DatasetXXX_Name/<Trainer>__<Plans>__<config>/ with plans.json, dataset.json, the
 fingerprint and each fold's checkpoint (plus the previous stage of a cascade). Installing refuses
-absolute paths, '..', links and anything outside that layout, checks that every checkpoint loads
-with torch.load(weights_only=True), and moves the model into place only when all of it is sound.
+absolute paths, '..', links and anything outside that layout; refuses archives whose declared size
+or compression ratio is implausible (and stops extracting at the declared size, whatever the archive
+claims); checks that the plan and dataset.json parse and that every checkpoint loads with
+torch.load(weights_only=True) and fits the plan's network; and moves the model into place only when
+all of it is sound. An installed model of the same name is replaced only with overwrite=True, and
+only once the new one is complete.
 """
 from __future__ import annotations
 
 import re
 import shutil
 import stat
-import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from nndose.errors import NndoseError
-from nndose.inference.predictor import available_folds, model_folder
-from nndose.io.atomic import atomic_write
-from nndose.plans import configuration, load_plans
-from nndose.training.checkpoints import load_checkpoint
+from nndose.io.atomic import atomic_write, remove_stale_temporaries, replace_path, staging_area
+from nndose.io.checkpoints import load_checkpoint
+from nndose.io.layout import (CHECKPOINT_FINAL, MODEL_FILES, MODEL_PLANS_FILE, check_fold, fold_folder, list_folds,
+                              model_folder, parse_model_folder_name)
+from nndose.io.raw_dataset import load_dataset_json
+from nndose.networks import build_network
+from nndose.plans import load_plans
 
-MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
+MAX_MODEL_BYTES = 16 << 30      # declared size of all members together
+MAX_RATIO = 100                 # uncompressed / compressed size of any member (weights compress ~1.1x)
+_CHUNK = 1 << 20
 _ALLOWED = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_-]+/[A-Za-z0-9_]+__[A-Za-z0-9_]+__[A-Za-z0-9_]+/"
                       r"((plans|dataset|dataset_fingerprint)\.json|fold_(\d|all)/checkpoint_(final|best)\.pth)$")
 
 
 def export_model(results_dataset_dir: Path, trainer: str, plans_name: str, config: str, out_zip: Path,
-                 folds=None, checkpoint: str = "checkpoint_final.pth") -> list[str]:
+                 folds=None, checkpoint: str = CHECKPOINT_FINAL) -> list[str]:
     """Write the model (and a cascade's previous stage) to out_zip; returns the archive's members."""
-    stages = [config]
     model_dir = model_folder(results_dataset_dir, trainer, plans_name, config)
     if not model_dir.is_dir():
         raise NndoseError(f"{model_dir}: no trained model to export")
-    previous = configuration(load_plans(model_dir / "plans.json"), config).get("previous_stage")
+    if Path(out_zip).is_dir():
+        raise NndoseError(f"{out_zip}: is a folder; -o names the .zip file to write")
+    stages = [config]
+    previous = load_plans(model_dir / MODEL_PLANS_FILE).configuration(config).previous_stage
     if previous:
         stages.append(previous)
     members: list[tuple[Path, str]] = []
     for stage in stages:
         stage_dir = model_folder(results_dataset_dir, trainer, plans_name, stage)
-        chosen = [str(f) for f in folds] if folds and stage == config else available_folds(stage_dir, checkpoint)
+        chosen = [check_fold(f) for f in folds] if folds and stage == config else list_folds(stage_dir, checkpoint)
         if not chosen:
             raise NndoseError(f"{stage_dir}: no fold has {checkpoint}")
         prefix = f"{results_dataset_dir.name}/{stage_dir.name}"
@@ -46,10 +57,10 @@ def export_model(results_dataset_dir: Path, trainer: str, plans_name: str, confi
             if (stage_dir / name).is_file():
                 members.append((stage_dir / name, f"{prefix}/{name}"))
         for f in chosen:
-            ck = stage_dir / f"fold_{f}" / checkpoint
+            ck = fold_folder(stage_dir, f) / checkpoint
             if not ck.is_file():
                 raise NndoseError(f"{ck}: checkpoint not found")
-            members.append((ck, f"{prefix}/fold_{f}/checkpoint_final.pth"))
+            members.append((ck, f"{prefix}/fold_{f}/{CHECKPOINT_FINAL}"))
 
     def write(p: Path) -> None:
         with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
@@ -68,9 +79,54 @@ def _check_member(info: zipfile.ZipInfo) -> None:
         raise NndoseError(f"refusing archive member {name!r}: a symbolic link")
     if not info.is_dir() and not _ALLOWED.match(name):
         raise NndoseError(f"refusing archive member {name!r}: not part of an nndose model")
+    if info.file_size > MAX_RATIO * max(info.compress_size, 1) and info.file_size > _CHUNK:
+        raise NndoseError(f"refusing archive member {name!r}: it would expand {info.file_size / max(info.compress_size, 1):.0f}x "
+                          f"(a zip bomb?)")
 
 
-def install_model(archive: Path, results_root: Path) -> list[Path]:
+def _check_sizes(archive: Path, infos: list[zipfile.ZipInfo], dest: Path) -> None:
+    total = sum(i.file_size for i in infos)
+    if total > MAX_MODEL_BYTES:
+        raise NndoseError(f"{archive}: declares {total / 2 ** 30:.1f} GiB, more than a model may hold "
+                          f"({MAX_MODEL_BYTES >> 30} GiB)")
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise NndoseError(f"{archive}: needs {total / 2 ** 20:.0f} MiB, only {free / 2 ** 20:.0f} MiB free under {dest}")
+
+
+def _extract(z: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """Stream one member, refusing to write a byte past its declared size."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with z.open(info) as src, open(target, "wb") as dst:
+        while chunk := src.read(_CHUNK):
+            written += len(chunk)
+            if written > info.file_size:
+                raise NndoseError(f"refusing archive member {info.filename!r}: larger than it declares")
+            dst.write(chunk)
+
+
+def check_model_folder(model_dir: Path, source: str) -> None:
+    """Everything inference needs is there and usable: plan, dataset.json, checkpoints that fit."""
+    plans = load_plans(model_dir / MODEL_PLANS_FILE)
+    load_dataset_json(model_dir)
+    config = parse_model_folder_name(model_dir.name)[2]
+    conf = plans.configuration(config)
+    checkpoints = sorted(model_dir.glob("fold_*/checkpoint_*.pth"))
+    if not checkpoints:
+        raise NndoseError(f"{source}: {model_dir.name} holds no checkpoint")
+    for ck_path in checkpoints:
+        ck = load_checkpoint(ck_path)
+        if list(ck["channels"]) != list(conf.channels):
+            raise NndoseError(f"{source}: {ck_path.relative_to(model_dir.parent)}: its channels differ from the plan's")
+        try:
+            build_network(conf).load_state_dict(ck["network"])
+        except RuntimeError as e:
+            raise NndoseError(f"{source}: {ck_path.relative_to(model_dir.parent)}: weights do not fit the plan's network "
+                              f"({str(e).splitlines()[0][:100]})") from None
+
+
+def install_model(archive: Path, results_root: Path, overwrite: bool = False) -> list[Path]:
     """Extract a model archive into results_root; returns the installed model folders."""
     archive = Path(archive)
     if not archive.is_file():
@@ -79,37 +135,28 @@ def install_model(archive: Path, results_root: Path) -> list[Path]:
         z = zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
         raise NndoseError(f"{archive}: not a zip archive") from None
+    results_root = Path(results_root)
     with z:
-        infos = z.infolist()
+        infos = [i for i in z.infolist() if not i.is_dir()]
         if not infos:
             raise NndoseError(f"{archive}: empty archive")
-        for info in infos:
+        for info in z.infolist():
             _check_member(info)
         results_root.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".install.", dir=results_root))
-        try:
+        remove_stale_temporaries(results_root)
+        _check_sizes(archive, infos, results_root)
+        models = sorted({"/".join(i.filename.split("/")[:2]) for i in infos})
+        clash = [m for m in models if (results_root / m).exists()]
+        if clash and not overwrite:
+            raise NndoseError(f"{results_root / clash[0]} is installed already; --overwrite replaces it")
+        with staging_area(results_root, "install") as stage:
             for info in infos:
-                if not info.is_dir():
-                    target = stage / info.filename
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with z.open(info) as src, open(target, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-            models = sorted({p.parent.parent if p.parent.name.startswith("fold_") else p.parent
-                             for p in stage.rglob("*") if p.is_file()})
+                try:
+                    _extract(z, info, stage / info.filename)
+                except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+                    raise NndoseError(f"{archive}: corrupt member {info.filename!r} ({type(e).__name__})") from None
             for m in models:
-                load_plans(m / "plans.json")
-                if not (m / "dataset.json").is_file():
-                    raise NndoseError(f"{archive}: {m.name} lacks dataset.json")
-                for ck in m.glob("fold_*/checkpoint_*.pth"):
-                    load_checkpoint(ck)
-            installed = []
+                check_model_folder(stage / m, str(archive))
             for m in models:
-                final = results_root / m.relative_to(stage)
-                if final.exists():
-                    shutil.rmtree(final)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                m.rename(final)
-                installed.append(final)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
-    return installed
+                replace_path(stage / m, results_root / m)
+    return [results_root / m for m in models]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nndose.errors import NndoseError
 
-_VARS = ("nndose_raw", "nndose_preprocessed", "nndose_results")
+ENV_VARIABLES = ("nndose_raw", "nndose_preprocessed", "nndose_results")   # the three folders nndose works in
 
 
 def _env_path(var: str) -> Path:
@@ -23,15 +23,15 @@ def _env_path(var: str) -> Path:
 
 
 def raw_root() -> Path:
-    return _env_path("nndose_raw")
+    return _env_path(ENV_VARIABLES[0])
 
 
 def preprocessed_root() -> Path:
-    return _env_path("nndose_preprocessed")
+    return _env_path(ENV_VARIABLES[1])
 
 
 def results_root() -> Path:
-    return _env_path("nndose_results")
+    return _env_path(ENV_VARIABLES[2])
 
 
 def parse_dataset_id(text: str | int) -> int:

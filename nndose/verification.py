@@ -4,13 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from nndose.errors import NndoseError
-from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, list_cases, load_dataset_json, read_case
+from nndose.io.layout import TEST_DIR, TRAIN_DIR
+from nndose.io.raw_dataset import list_cases, load_dataset_json, read_case
 from nndose.parallel import map_with_progress
+from nndose.preprocessing.body import case_body
 
 
 def _check(args) -> list[str]:
     case_dir, info, require_dose = args
-    return read_case(case_dir, info, require_dose)[1]
+    case, problems = read_case(case_dir, info, require_dose)
+    if case is not None:
+        try:
+            case_body(case, info.body)
+        except NndoseError as e:
+            problems.append(str(e))
+    return problems
 
 
 def verify_dataset(dataset_dir: Path, num_processes: int = 1, progress: bool = True) -> list[str]:

@@ -14,7 +14,7 @@ from nndose.dicom.scan import scan_folder
 from nndose.io.plan_file import load_plan
 from nndose.io.volumes import Grid, read_volume, write_volume
 from nndose.dicom import synthetic as dh
-from tests.conftest import run_command, tree
+from tests.conftest import plan_quietly, run_command, tree
 
 
 @pytest.fixture
@@ -73,6 +73,17 @@ def test_converted_patient_matches_what_was_written(nndose_env, tmp_path, dicom_
     assert plan.isocenter_mm == dh.PTV_CENTER
     assert run_command(verify_main, ["-d", "7"], capsys)[0] == 0
     assert ids["plan_uid"]
+
+
+def test_two_studies_of_one_patient_are_two_cases_of_one_patient(nndose_env, tmp_path, dicom_map, capsys):
+    src = tmp_path / "dicom"
+    dh.write_patient(src / "first", "P7")
+    dh.write_patient(src / "second", "P7")      # a new StudyInstanceUID, the same PatientID
+    dh.write_patient(src / "other", "P8")
+    code, out, err, ds = _convert(nndose_env, src, dicom_map, capsys)
+    assert code == 0, err
+    ids = {c.name: load_plan(c / "plan.json").patient_id for c in sorted((ds / "casesTr").iterdir())}
+    assert ids == {"P7_study1": "P7", "P7_study2": "P7", "P8": "P8"}
 
 
 def test_bad_patients_are_skipped_one_line_each(nndose_env, tmp_path, dicom_map, capsys):
@@ -168,7 +179,6 @@ def test_export_refuses_bad_input_and_writes_nothing(nndose_env, tmp_path, capsy
 
 def test_dicom_in_train_predict_rtdose_out(nndose_env, tmp_path, dicom_map, capsys):
     """Clinical DICOM -> raw dataset -> plan -> one training step -> nndose_predict --dicom_out."""
-    from experiment_planning.plan_and_preprocess import main as plan_main
     from nndose.cli.predict import main as predict_main
     from nndose.cli.train import main as train_main
     train_src, test_src = tmp_path / "train_dicom", tmp_path / "test_dicom"
@@ -178,10 +188,8 @@ def test_dicom_in_train_predict_rtdose_out(nndose_env, tmp_path, dicom_map, caps
     assert _convert(nndose_env, train_src, dicom_map, capsys)[0] == 0
     code, _, err, ds = _convert(nndose_env, test_src, dicom_map, capsys, ["--test"])
     assert code == 0, err
-    plan_main(["-d", "7", "-c", "3d_fullres", "-np", "1", "--base_features", "4", "--max_features", "16",
-               "--encoder_blocks", "1", "--max_patch", "16"])
-    plans = json.loads((nndose_env["nndose_preprocessed"] / "Dataset007_DICOM/nndosePlans.json").read_text())
-    assert "beam_dose" in plans["configurations"]["3d_fullres"]["channels"]
+    plans = plan_quietly(7)
+    assert "beam_dose" in plans.configuration("3d_fullres").channels
     code, _, err = run_command(train_main, ["7", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2",
                                             "--device", "cpu"], capsys)
     assert code == 0, err

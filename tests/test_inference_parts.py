@@ -4,8 +4,9 @@ import torch
 
 from nndose.inference.sliding_window import (gaussian_weights, sliding_window, tile_starts, window_starts,
                                              windows_per_forward)
-from nndose.training.augmentation import LateralMirror, lateral_pairs, mirror_lr, training_transforms
-from nndose.training.network import ResEncUNet
+from nndose.inference.mirroring import lateral_pairs, mirror_lr
+from nndose.networks.resenc_unet import ResEncUNet
+from nndose.training.augmentation import LateralMirror, training_transforms
 
 
 def test_tiles_cover_the_volume():

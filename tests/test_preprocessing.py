@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from experiment_planning.plan_and_preprocess import main as plan_main
+from nndose.cli.plan_and_preprocess import main as plan_main
 from nndose.io.plan_file import parse_plan
 from nndose.io.volumes import Grid, read_volume
 from nndose.preprocessing.channels import prescription_map

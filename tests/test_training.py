@@ -12,50 +12,24 @@ import numpy as np
 import pytest
 import torch
 
-from experiment_planning.plan_and_preprocess import main as plan_main
 from nndose.cli.evaluate import main as evaluate_main
 from nndose.cli.predict import main as predict_main
 from nndose.cli.train import main as train_main
 from nndose.datasets.phantoms import generate_phantom_dataset
-from nndose.plans import load_plans
+from nndose.plans import PLANS_VERSION, load_plans
+from nndose.training.trainer import TrainerSettings
 from nndose.training.trainer_variants import trainer_class
-from tests.conftest import run_command
+from nndose.paths import ENV_VARIABLES
+from tests.conftest import TINY_PLANNER, plan_quietly, run_command, run_ok
 
-TINY_PLAN = ["--base_features", "4", "--max_features", "16", "--encoder_blocks", "1", "--max_patch", "16"]
 MODEL = "nndoseTrainer__nndosePlans__3d_fullres"
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Six phantoms (five to train, one to predict), planned with a tiny network and preprocessed."""
-    root = tmp_path_factory.mktemp("nndose")
-    env = {v: str(root / v) for v in ("nndose_raw", "nndose_preprocessed", "nndose_results")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    generate_phantom_dataset(root / "nndose_raw" / "Dataset042_Tiny", 6, seed=1, test_fraction=0.2,
-                             num_processes=1, progress=False)
-    plan_main(["-d", "42", "-c", "3d_fullres", "-np", "1", *TINY_PLAN])
-    yield root, env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture
-def env(workspace, monkeypatch):
-    root, env = workspace
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    shutil.rmtree(root / "nndose_results", ignore_errors=True)
-    return root
-
-
-def _trainer(root, cls="nndoseTrainer", fold="all"):
+def _trainer(root, cls="nndoseTrainer", fold="all", **settings):
     pre = root / "nndose_preprocessed" / "Dataset042_Tiny"
     t = trainer_class(cls)(load_plans(pre / "nndosePlans.json"), "3d_fullres", fold, pre,
-                           root / "nndose_results" / "x" / f"fold_{fold}", torch.device("cpu"), 2, 2)
+                           root / "nndose_results" / "x" / f"fold_{fold}", torch.device("cpu"),
+                           TrainerSettings(epochs=2, iterations_per_epoch=2, **settings))
     t.initialize()
     return t
 
@@ -131,7 +105,7 @@ def _ddp_step(rank, world, port, result_dir):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)  # same initial weights on both ranks
-    from nndose.training.network import ResEncUNet
+    from nndose.networks.resenc_unet import ResEncUNet
     net = ResEncUNet(3, [4, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], [1, 1], [1])
     model = torch.nn.parallel.DistributedDataParallel(net)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -150,7 +124,7 @@ def test_ddp_two_processes_hold_identical_weights_after_a_step(tmp_path):
     torch.multiprocessing.spawn(_ddp_step, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     torch.manual_seed(0)
-    from nndose.training.network import ResEncUNet
+    from nndose.networks.resenc_unet import ResEncUNet
     initial = torch.cat([p.detach().flatten() for p in ResEncUNet(3, [4, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]],
                                                                    [1, 1], [1]).parameters()])
     assert torch.equal(a, b) and not torch.equal(a, initial)
@@ -164,7 +138,7 @@ def test_trainer_runs_under_ddp_on_cpu(env, capsys):
 
 
 def test_predict_and_evaluate_from_the_command_line(env, capsys, tmp_path):
-    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2", "--device", "cpu"], capsys)
+    run_ok(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2", "--device", "cpu"], capsys)
     raw = env / "nndose_raw/Dataset042_Tiny"
     out = tmp_path / "pred"
     code, stdout, err = run_command(predict_main, ["-i", str(raw / "casesTs"), "-o", str(out), "-d", "42", "-c", "3d_fullres",
@@ -175,11 +149,15 @@ def test_predict_and_evaluate_from_the_command_line(env, capsys, tmp_path):
     ref, rgrid = read_volume(raw / "casesTs/phantom_005/dose.nii.gz")
     body, _ = read_volume(raw / "casesTs/phantom_005/structures/Body.nii.gz")
     assert grid.same_as(rgrid) and np.all(pred[body == 0] == 0) and pred.min() >= 0
-    assert (out / "phantom_005_spread.nii.gz").is_file()
+    spread, _ = read_volume(out / "spread/phantom_005.nii.gz")   # a single fold: no spread across folds
+    assert np.all(spread == 0) and not (out / "phantom_005_spread.nii.gz").exists()
     code, stdout, err = run_command(evaluate_main, ["-ref", str(raw / "casesTs"), "-pred", str(out), "--plots"], capsys)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["aggregate"]["dose_score"] > 0 and (out / "plots/summary.png").is_file()
+    # the OpenKBP dose score by hand: sum of |reference - prediction| over all voxels / body voxels
+    by_hand = np.abs(ref.astype(np.float64) - pred).sum() / np.count_nonzero(body)
+    assert summary["aggregate"]["dose_score"] == pytest.approx(by_hand, rel=1e-6) and by_hand > 0.1
+    assert (out / "plots/summary.png").is_file()
     # a perfect prediction scores zero
     perfect = tmp_path / "perfect"
     perfect.mkdir()
@@ -211,7 +189,7 @@ def test_bad_input_to_train_and_predict(env, capsys, tmp_path):
     for main, argv, needle in cases:
         code, _, err = run_command(main, argv, capsys)
         assert code == 2 and needle in err and err.count("\n") == 1, (argv, err)
-    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)
+    run_ok(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)
     raw = env / "nndose_raw/Dataset042_Tiny"
     code, _, err = run_command(predict_main, ["-i", str(raw / "casesTs"), "-o", str(tmp_path / "o"), "-d", "42",
                                               "-c", "3d_fullres", "-f", "3"], capsys)
@@ -224,7 +202,7 @@ def test_bad_input_to_train_and_predict(env, capsys, tmp_path):
                                               "-c", "3d_fullres"], capsys)
     assert code == 2 and "plan version 99 is not supported" in err
     assert not (tmp_path / "o").exists()
-    d["plans_version"] = 1
+    d["plans_version"] = PLANS_VERSION
     plans.write_text(json.dumps(d))
     # a case holding a structure the model's dataset does not know
     case = tmp_path / "in" / "odd_case"
@@ -239,7 +217,7 @@ def test_bad_input_to_train_and_predict(env, capsys, tmp_path):
 def test_export_install_and_predict_without_training_data(env, capsys, tmp_path, monkeypatch):
     import zipfile
     from nndose.cli.model_sharing import export_main, install_main
-    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)
+    run_ok(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)
     archive = tmp_path / "model.zip"
     code, _, err = run_command(export_main, ["-d", "42", "-c", "3d_fullres", "-o", str(archive)], capsys)
     assert code == 0, err
@@ -278,12 +256,12 @@ def test_install_refuses_unsafe_archives(tmp_path, monkeypatch, capsys, member):
 
 def test_finetune_freezes_the_encoder_and_predicts(env, capsys, tmp_path):
     from nndose.cli.finetune import main as finetune_main
-    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2", "--device", "cpu"], capsys)
+    run_ok(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2", "--device", "cpu"], capsys)
     source = env / "nndose_results/Dataset042_Tiny" / MODEL
     target_raw = env / "nndose_raw/Dataset043_Sparing"
     if not target_raw.exists():
         generate_phantom_dataset(target_raw, 6, seed=2, style="sparing", num_processes=1, progress=False)
-        plan_main(["-d", "43", "-c", "3d_fullres", "-np", "1", *TINY_PLAN])
+        plan_quietly(43, TINY_PLANNER)
     code, _, err = run_command(finetune_main, ["-d", "43", "-c", "3d_fullres", "-f", "all", "--pretrained", str(source),
                                                "--epochs", "2", "--iterations_per_epoch", "3", "--device", "cpu"], capsys)
     assert code == 0, err
@@ -306,12 +284,14 @@ def test_finetune_freezes_the_encoder_and_predicts(env, capsys, tmp_path):
 
 
 def test_least_squares_head_fits_the_target_style_better_than_a_random_head(env, capsys):
-    from nndose.training.finetune import nndoseTrainer_Finetune
-    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2", "--device", "cpu"], capsys)
+    from nndose.training.finetune import FinetuneOptions, nndoseTrainer_Finetune
+    run_ok(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "2", "--device", "cpu"], capsys)
     pre = env / "nndose_preprocessed" / "Dataset042_Tiny"
     t = nndoseTrainer_Finetune(load_plans(pre / "nndosePlans.json"), "3d_fullres", "all", pre,
-                               env / "nndose_results" / "ft" / "fold_all", torch.device("cpu"), 1, 1)
-    t.pretrained_checkpoint = env / "nndose_results/Dataset042_Tiny" / MODEL / "fold_all/checkpoint_final.pth"
+                               env / "nndose_results" / "ft" / "fold_all", torch.device("cpu"),
+                               TrainerSettings(epochs=1, iterations_per_epoch=1),
+                               finetune=FinetuneOptions(env / "nndose_results/Dataset042_Tiny" / MODEL),
+                               pretrained_checkpoint=env / "nndose_results/Dataset042_Tiny" / MODEL / "fold_all/checkpoint_final.pth")
     t.initialize()
     image, target, _ = next(iter(t._loader(t.train_cases, None, t.seed + 104729, num_workers=0)))
     body = t.body_mask(image)
@@ -334,7 +314,7 @@ def test_least_squares_head_fits_the_target_style_better_than_a_random_head(env,
 
 def test_finetune_refuses_a_plan_with_other_channels(env, capsys, tmp_path):
     from nndose.cli.finetune import main as finetune_main
-    run_command(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)
+    run_ok(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)
     source = env / "nndose_results/Dataset042_Tiny" / MODEL
     plans = json.loads((source / "plans.json").read_text())
     plans["configurations"]["3d_fullres"]["channels"] = plans["configurations"]["3d_fullres"]["channels"][:-1]
@@ -358,7 +338,7 @@ def test_cascade_trains_on_out_of_fold_stage1_predictions(env, capsys, tmp_path)
     assert sorted(p.stem for p in oof.glob("*.b2nd")) == sorted(c for s in splits for c in s["val"])
     from nndose.preprocessing.storage import load_case as load_preprocessed, open_array
     data_dir = env / "nndose_preprocessed/Dataset042_Tiny" / load_plans(
-        env / "nndose_preprocessed/Dataset042_Tiny/nndosePlans.json")["configurations"]["3d_fullres"]["data_identifier"]
+        env / "nndose_preprocessed/Dataset042_Tiny/nndosePlans.json").configuration("3d_fullres").data_identifier
     for p in oof.glob("*.b2nd"):   # out-of-fold predictions lie on the stored preprocessed grid
         assert open_array(p).shape[1:] == load_preprocessed(data_dir, p.stem)[0].shape[1:]
     code, out, err = run_command(train_main, ["42", "3d_cascade_fullres", "0", *base], capsys)
@@ -379,8 +359,7 @@ def test_leave_site_out_training_never_sees_the_site(env, capsys):
     assert code == 0, err
     folder = env / "nndose_results/Dataset042_Tiny/nndoseTrainer_without_head_neck__nndosePlans__3d_fullres"
     assert (folder / "fold_all/checkpoint_final.pth").is_file()
-    t = _trainer(env)
-    t.exclude_sites = ("head_neck",)
+    t = _trainer(env, exclude_sites=("head_neck",))
     train, val = t._cases()
     pre = env / "nndose_preprocessed/Dataset042_Tiny/nndosePlans_3d_fullres"
     sites = {json.loads((pre / f"{c}.json").read_text())["site"] for c in train + val}

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 from nndose.cli.common import OneLineParser, run_cli
+from nndose.devices import DEVICE_CHOICES
 from nndose.errors import NndoseError
+from nndose.paths import ENV_VARIABLES
+from nndose.experiment_planning.planner import CPU_PLANNER
 
 DATASET_ID = 900
-CPU_PLAN = ["--base_features", "8", "--max_features", "64", "--encoder_blocks", "1", "--max_patch", "32"]
 
 
 def _main(argv) -> None:
@@ -25,7 +27,7 @@ def _main(argv) -> None:
     ap.add_argument("-n", type=int, default=40, help="phantoms (default 40, a fifth held out)")
     ap.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     ap.add_argument("--iterations_per_epoch", type=int, default=20, help="iterations per epoch (default 20)")
-    ap.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"], default="auto")
+    ap.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     ap.add_argument("-np", type=int, default=2, help="processes for data generation and preprocessing")
     args = ap.parse_args(argv)
     if args.n < 10:
@@ -36,34 +38,36 @@ def _main(argv) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (work / ".nndose_demo").touch()
-    for var in ("nndose_raw", "nndose_preprocessed", "nndose_results"):
+    for var in ENV_VARIABLES:
         os.environ[var] = str(work / var.split("_", 1)[1])
     start = time.time()
 
-    from experiment_planning.plan_and_preprocess import main as plan_and_preprocess
     from nndose.datasets.phantoms import generate_phantom_dataset
+    from nndose.devices import resolve_device
     from nndose.evaluation.evaluate import evaluate_folder
     from nndose.evaluation.falloff_baseline import FalloffBaseline
     from nndose.evaluation.plots import case_figure, summary_figure
-    from nndose.inference.predictor import DosePredictor, predict_folder
+    from nndose.experiment_planning.plan_and_preprocess import PreprocessingRun, plan_and_preprocess
+    from nndose.inference.predict_cases import predict_folder
+    from nndose.inference.predictor import DosePredictor
     from nndose.io.atomic import atomic_write_json
-    from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, list_cases, load_case
+    from nndose.io.layout import TEST_DIR, TRAIN_DIR, prediction_path
+    from nndose.io.raw_dataset import list_cases, load_case
     from nndose.io.volumes import read_volume
     from nndose.paths import dataset_folder_name
-    from nndose.training.run import train_fold
+    from nndose.training.run import TrainingRun, train_fold
 
     raw = work / "raw" / dataset_folder_name(DATASET_ID, "Phantoms")
     print(f"[1/5] generating {args.n} phantoms -> {raw}")
     info = generate_phantom_dataset(raw, args.n, seed=0, num_processes=args.np)
     print("[2/5] fingerprint, plan (a small CPU network) and preprocess")
-    plan_and_preprocess(["-d", str(DATASET_ID), "-c", "3d_fullres", "-np", str(args.np), *CPU_PLAN])
+    plan_and_preprocess(DATASET_ID, CPU_PLANNER, PreprocessingRun(("3d_fullres",), args.np))
     print(f"[3/5] training ({args.epochs} epochs x {args.iterations_per_epoch} iterations)")
-    fold_dir = train_fold(DATASET_ID, "3d_fullres", "all", "nndoseTrainer_CPU", args.device, args.epochs,
-                          args.iterations_per_epoch)
+    fold_dir = train_fold(TrainingRun(DATASET_ID, "3d_fullres", "all", "nndoseTrainer_CPU", args.device, args.epochs,
+                                      args.iterations_per_epoch))
     print("[4/5] predicting the held-out phantoms; fitting the distance-falloff baseline")
     test_dir = raw / TEST_DIR
     net_pred, base_pred = work / "predictions" / "network", work / "predictions" / "falloff_baseline"
-    from nndose.training.run import resolve_device
     predictor = DosePredictor(fold_dir.parent, "3d_fullres", ["all"], resolve_device(args.device))
     predict_folder(test_dir, net_pred, predictor)
     FalloffBaseline.fit(list_cases(raw, TRAIN_DIR), info).predict_folder(list_cases(raw, TEST_DIR), info, base_pred)
@@ -76,7 +80,7 @@ def _main(argv) -> None:
     plots = work / "plots"
     for c in rows["network (nndose)"]["cases"]:
         case = load_case(test_dir / c["case"], info, require_dose=True)
-        case_figure(case, read_volume(net_pred / f"{c['case']}.nii.gz")[0], info, plots / f"{c['case']}.png")
+        case_figure(case, read_volume(prediction_path(net_pred, c["case"]))[0], info, plots / f"{c['case']}.png")
     summary_figure(rows["network (nndose)"], plots / "summary.png")
     n_test = len(rows["network (nndose)"]["cases"])
     print(f"\nHeld-out phantoms: {n_test} cases ({', '.join(sorted({c['site'] for c in rows['network (nndose)']['cases']}))})")

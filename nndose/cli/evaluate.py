@@ -6,6 +6,7 @@ from pathlib import Path
 from nndose.cli.common import OneLineParser, run_cli
 from nndose.evaluation.evaluate import compare, evaluate_folder
 from nndose.io.atomic import atomic_write_json
+from nndose.io.layout import prediction_path
 from nndose.io.raw_dataset import load_case, load_dataset_json
 from nndose.io.volumes import read_volume
 
@@ -17,10 +18,15 @@ def _main(argv) -> None:
     ap.add_argument("-o", type=Path, help="summary.json path (default PRED/summary.json)")
     ap.add_argument("--plots", action="store_true", help="per-case DVH and slice figures, and a summary figure")
     ap.add_argument("--compare", type=Path, help="another prediction folder: paired Wilcoxon tests")
+    ap.add_argument("--allow_missing", action="store_true",
+                    help="score the cases that have a prediction even when some reference cases have none")
     args = ap.parse_args(argv)
-    summary = evaluate_folder(args.ref, args.pred)
+    summary = evaluate_folder(args.ref, args.pred, allow_missing=args.allow_missing)
+    if summary["missing_predictions"]:
+        print(f"note: {len(summary['missing_predictions'])} reference case(s) have no prediction and are not scored")
     if args.compare:
-        summary["comparison"] = {"other": str(args.compare), **compare(summary, evaluate_folder(args.ref, args.compare))}
+        other = evaluate_folder(args.ref, args.compare, allow_missing=args.allow_missing)
+        summary["comparison"] = {"other": str(args.compare), **compare(summary, other)}
     out = args.o or args.pred / "summary.json"
     atomic_write_json(out, summary)
     agg = summary["aggregate"]
@@ -32,7 +38,7 @@ def _main(argv) -> None:
         plots = args.pred / "plots"
         for c in summary["cases"]:
             case = load_case(args.ref / c["case"], info, require_dose=True)
-            case_figure(case, read_volume(args.pred / f"{c['case']}.nii.gz")[0], info, plots / f"{c['case']}.png")
+            case_figure(case, read_volume(prediction_path(args.pred, c["case"]))[0], info, plots / f"{c['case']}.png")
         summary_figure(summary, plots / "summary.png")
         print(f"plots: {plots}")
 

@@ -5,7 +5,10 @@ import argparse
 from pathlib import Path
 
 from nndose.cli.common import OneLineParser, run_cli
+from nndose.devices import DEVICE_CHOICES
 from nndose.paths import parse_dataset_id
+from nndose.training.finetune import FinetuneOptions
+from nndose.training.run import TrainingRun
 from nndose.training.run_finetune import finetune_fold
 
 
@@ -27,12 +30,14 @@ def _main(argv) -> None:
                     help="learning rate of a re-initialised output layer relative to training from scratch (default 1)")
     ap.add_argument("--epochs", type=int, help="epochs (default 100)")
     ap.add_argument("--iterations_per_epoch", type=int, help="iterations per epoch (default 250)")
-    ap.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"], default="auto")
+    ap.add_argument("--overwrite", action="store_true", help="fine-tune a fold anew, deleting what its folder holds")
+    ap.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     args = ap.parse_args(argv)
-    out = finetune_fold(parse_dataset_id(args.d), args.c, args.f, args.pretrained, args.pretrained_fold, args.freeze,
-                        args.reinit_head, args.lr_scale, args.epochs, args.iterations_per_epoch, args.device,
-                        args.head_lr_scale, args.head_init)
-    print(f"{out}: done")
+    options = FinetuneOptions(args.pretrained, args.pretrained_fold, args.freeze, args.reinit_head, args.lr_scale,
+                              args.head_lr_scale, args.head_init)
+    run = TrainingRun(parse_dataset_id(args.d), args.c, args.f, "nndoseTrainer_Finetune", args.device, args.epochs,
+                      args.iterations_per_epoch, overwrite=args.overwrite)
+    print(f"{finetune_fold(run, options)}: done")
 
 
 def main(argv=None) -> None:

@@ -1,9 +1,10 @@
-"""nndose_export_model -d ID -c CONFIG -o model.zip and nndose_install_model model.zip."""
+"""nndose_export_model -d ID -c CONFIG -o model.zip and nndose_install_model model.zip [--overwrite]."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from nndose.cli.common import OneLineParser, run_cli
+from nndose.io.layout import CHECKPOINT_FINAL
 from nndose.model_sharing import export_model, install_model
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 
@@ -16,7 +17,7 @@ def _export(argv) -> None:
     ap.add_argument("-tr", default="nndoseTrainer", help="trainer class (default nndoseTrainer)")
     ap.add_argument("-p", default="nndosePlans", help="plans name (default nndosePlans)")
     ap.add_argument("-f", nargs="+", help="folds (default: every trained fold)")
-    ap.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint to export")
+    ap.add_argument("-chk", default=CHECKPOINT_FINAL, help="checkpoint to export")
     args = ap.parse_args(argv)
     results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
     members = export_model(results, args.tr, args.p, args.c, args.o, args.f, args.chk)
@@ -26,8 +27,9 @@ def _export(argv) -> None:
 def _install(argv) -> None:
     ap = OneLineParser(prog="nndose_install_model", description="Install a model archive into $nndose_results.")
     ap.add_argument("archive", type=Path)
+    ap.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
     args = ap.parse_args(argv)
-    for m in install_model(args.archive, results_root()):
+    for m in install_model(args.archive, results_root(), args.overwrite):
         print(f"installed {m}")
 
 

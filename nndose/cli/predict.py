@@ -4,10 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from nndose.cli.common import OneLineParser, run_cli
+from nndose.devices import DEVICE_CHOICES, resolve_device
 from nndose.errors import NndoseError
-from nndose.inference.predictor import DosePredictor, model_folder, predict_folder
+from nndose.inference.predict_cases import predict_folder
+from nndose.inference.predictor import DosePredictor
+from nndose.io.layout import CHECKPOINT_FINAL, check_fold, model_folder
 from nndose.paths import parse_dataset_id, require_dataset, results_root
-from nndose.training.run import resolve_device
 
 
 def _main(argv) -> None:
@@ -19,11 +21,11 @@ def _main(argv) -> None:
     ap.add_argument("-f", nargs="+", help="folds to ensemble (default: every trained fold)")
     ap.add_argument("-tr", default="nndoseTrainer", help="trainer class (default nndoseTrainer)")
     ap.add_argument("-p", default="nndosePlans", help="plans name (default nndosePlans)")
-    ap.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name")
+    ap.add_argument("-chk", default=CHECKPOINT_FINAL, help="checkpoint file name")
     ap.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
-    ap.add_argument("--save_spread", action="store_true", help="also write <case>_spread.nii.gz (std across folds)")
-    ap.add_argument("--step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
-    ap.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"], default="auto")
+    ap.add_argument("--save_spread", action="store_true", help="also write spread/<case>.nii.gz (std across folds)")
+    ap.add_argument("--step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch (0, 1]")
+    ap.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     ap.add_argument("--dicom_out", type=Path, help="also write each prediction as an RTDOSE here (needs --dicom_ref)")
     ap.add_argument("--dicom_ref", type=Path, help="the DICOM folder the cases were converted from (nndose_convert_dicom)")
     args = ap.parse_args(argv)
@@ -31,8 +33,11 @@ def _main(argv) -> None:
         raise NndoseError("--dicom_out and --dicom_ref go together")
     if args.dicom_ref is not None and not args.dicom_ref.is_dir():
         raise NndoseError(f"{args.dicom_ref}: DICOM folder not found")
+    if not 0.0 < args.step_size <= 1.0:
+        raise NndoseError(f"--step_size {args.step_size}: must be in (0, 1] (a fraction of the patch)")
+    folds = [check_fold(f) for f in args.f] if args.f else None
     results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
-    predictor = DosePredictor(model_folder(results, args.tr, args.p, args.c), args.c, args.f, resolve_device(args.device),
+    predictor = DosePredictor(model_folder(results, args.tr, args.p, args.c), args.c, folds, resolve_device(args.device),
                               not args.disable_tta, args.chk, args.step_size)
     cases = predict_folder(args.i, args.o, predictor, args.save_spread)
     print(f"{args.o}: predicted {len(cases)} case(s) with fold(s) {', '.join(predictor.folds)}")

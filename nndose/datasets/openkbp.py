@@ -8,20 +8,19 @@ round trip reproduces every voxel.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from nndose.errors import NndoseError
-from nndose.io.atomic import atomic_write, atomic_write_json
+from nndose.io.atomic import atomic_write, remove_stale_temporaries, replace_path, staging_area
+from nndose.io.layout import DATASET_JSON, TEST_DIR, TRAIN_DIR, list_predictions
 from nndose.io.plan_file import Machine, Prescription, StaticBeam, TreatmentPlan
-from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, DatasetInfo, list_cases, load_dataset_json
-from nndose.io.volumes import Grid, read_volume, write_volume
+from nndose.io.raw_dataset import DatasetInfo, list_cases, load_dataset_json, write_case, write_dataset_json
+from nndose.io.volumes import Grid, read_volume
 from nndose.parallel import map_with_progress
 
 SHAPE = (128, 128, 128)
@@ -110,18 +109,17 @@ def check_patient_folder(folder: Path, need_dose: bool) -> list[str]:
 
 
 def convert_patient(folder: Path, out_case: Path) -> None:
-    """Write one OpenKBP patient as an nndose raw case folder."""
+    """Write one OpenKBP patient as an nndose raw case folder (one patient per case: no patient_id)."""
     grid = openkbp_grid(read_voxel_dims(folder / "voxel_dimensions.csv"))
     idx, values = read_sparse_csv(folder / "ct.csv", True)
-    ct = dense_from_sparse(idx, np.clip(values, 0, 4095), np.float32) - 1024.0
-    (out_case / "structures").mkdir(parents=True)
-    write_volume(out_case / "ct.nii.gz", openkbp_to_lps(ct).astype(np.int16), grid)
+    ct = openkbp_to_lps(dense_from_sparse(idx, np.clip(values, 0, 4095), np.float32) - 1024.0)
+    dose = None
     if (folder / "dose.csv").is_file():
         idx, values = read_sparse_csv(folder / "dose.csv", True)
         if values.size and values.min() < 0:
             raise NndoseError(f"{folder / 'dose.csv'}: negative dose")
-        write_volume(out_case / "dose.nii.gz", openkbp_to_lps(dense_from_sparse(idx, values, np.float32)), grid)
-    targets = np.zeros(SHAPE, bool)
+        dose = openkbp_to_lps(dense_from_sparse(idx, values, np.float32))
+    structures: dict[str, np.ndarray] = {}
     prescriptions = []
     for name in (BODY,) + ORGANS + tuple(TARGET_DOSES):
         src = folder / ("possible_dose_mask.csv" if name == BODY else f"{name}.csv")
@@ -130,17 +128,16 @@ def convert_patient(folder: Path, out_case: Path) -> None:
         idx, _ = read_sparse_csv(src, False)
         if idx.size == 0:
             continue
-        mask = dense_from_sparse(idx, None, np.uint8)
-        write_volume(out_case / "structures" / f"{name}.nii.gz", openkbp_to_lps(mask), grid)
+        structures[name] = openkbp_to_lps(dense_from_sparse(idx, None, np.uint8))
         if name in TARGET_DOSES:
-            targets |= mask.astype(bool)
             prescriptions.append(Prescription(name, TARGET_DOSES[name], FRACTIONS))
     if not prescriptions:
         raise NndoseError(f"{folder.name}: every target file is empty")
-    iso = grid.index_to_physical(np.argwhere(openkbp_to_lps(targets)).mean(0))
+    targets = np.any([structures[p.structure] > 0 for p in prescriptions], axis=0)
+    iso = grid.index_to_physical(np.argwhere(targets).mean(0))
     plan = TreatmentPlan("head_neck", "IMRT", MACHINE, tuple(prescriptions), tuple(round(float(c), 3) for c in iso),
                          tuple(StaticBeam(g) for g in GANTRY_ANGLES), ())
-    atomic_write_json(out_case / "plan.json", plan.to_json())
+    write_case(out_case, grid, ct, structures, plan, dose)
 
 
 def _convert_one(folder: Path, stage: Path) -> str:
@@ -171,28 +168,25 @@ def convert_openkbp(input_dir: Path, dataset_dir: Path, test: bool = False, num_
         raise NndoseError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     split = TEST_DIR if test else TRAIN_DIR
     name = dataset_dir.name.split("_", 1)[1]
-    if dataset_dir.exists():
+    if (dataset_dir / DATASET_JSON).is_file():
         info = load_dataset_json(dataset_dir)
         if info.extra.get("source") != "openkbp":
             raise NndoseError(f"{dataset_dir} exists and is not an OpenKBP dataset; choose another id")
+    elif dataset_dir.exists() and any(p for p in dataset_dir.iterdir() if not p.name.startswith(".")):
+        raise NndoseError(f"{dataset_dir} exists without a dataset.json and is not empty; remove it or choose another id")
     created = not dataset_dir.exists()
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".staging_{split}.", dir=dataset_dir))
+    remove_stale_temporaries(dataset_dir)
     try:
-        map_with_progress(partial(_convert_one, stage=stage), patients, num_processes, f"convert -> {split}",
-                          progress, unit="patient")
+        with staging_area(dataset_dir, f"staging_{split}") as stage:
+            map_with_progress(partial(_convert_one, stage=stage), patients, num_processes, f"convert -> {split}",
+                              progress, unit="patient")
+            for folder in patients:
+                replace_path(stage / folder.name, dataset_dir / split / folder.name)
+            write_dataset_json(dataset_dir, openkbp_dataset_info(name, len(list_cases(dataset_dir, TRAIN_DIR))))
     except BaseException:
-        shutil.rmtree(dataset_dir if created else stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(dataset_dir, ignore_errors=True)
         raise
-    (dataset_dir / split).mkdir(exist_ok=True)
-    for folder in patients:
-        final = dataset_dir / split / folder.name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(stage / folder.name, final)
-    shutil.rmtree(stage, ignore_errors=True)
-    atomic_write_json(dataset_dir / "dataset.json",
-                      openkbp_dataset_info(name, len(list_cases(dataset_dir, TRAIN_DIR))).to_json())
     return [p.name for p in patients]
 
 
@@ -210,14 +204,11 @@ def write_sparse_csv(path: Path, volume_openkbp: np.ndarray) -> None:
 
 def export_openkbp(pred_dir: Path, out_dir: Path) -> list[str]:
     """Write every <case>.nii.gz prediction in pred_dir as OUT/<case>.csv; validates all before writing."""
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise NndoseError(f"{pred_dir}: prediction folder not found")
-    files = sorted(p for p in pred_dir.glob("*.nii.gz") if not p.name.startswith("."))
+    files = list_predictions(pred_dir)
     if not files:
         raise NndoseError(f"{pred_dir}: no <case>.nii.gz predictions")
     volumes = {}
-    for f in files:
+    for case, f in files.items():
         dose, grid = read_volume(f)
         if grid.shape_zyx != (SHAPE[2], SHAPE[0], SHAPE[1]) or not np.allclose(grid.direction, np.eye(3).ravel()):
             raise NndoseError(f"{f}: not on the OpenKBP 128^3 grid written by nndose_convert_openkbp ({grid.describe()})")
@@ -225,9 +216,13 @@ def export_openkbp(pred_dir: Path, out_dir: Path) -> list[str]:
             raise NndoseError(f"{f}: prediction holds NaN or infinite values")
         if dose.min() < 0:
             raise NndoseError(f"{f}: negative dose ({dose.min():.3g} Gy)")
-        volumes[f.name[: -len(".nii.gz")]] = lps_to_openkbp(dose)
+        volumes[case] = lps_to_openkbp(dose)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for case, vol in volumes.items():
-        write_sparse_csv(out_dir / f"{case}.csv", vol)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NndoseError(f"{out_dir}: exists and is not a folder (-o names the output folder)")
+    with staging_area(out_dir.parent, f"{out_dir.name}.export") as stage:
+        for case, vol in volumes.items():
+            write_sparse_csv(stage / f"{case}.csv", vol)
+        for case in volumes:
+            replace_path(stage / f"{case}.csv", out_dir / f"{case}.csv")
     return list(volumes)

@@ -14,10 +14,10 @@ import numpy as np
 from nndose.datasets.phantom_anatomy import BODY, ORGANS, SITES, TARGETS, make_anatomy
 from nndose.datasets.phantom_dose_engine import STYLES, PlanningStyle, compute_dose
 from nndose.errors import NndoseError
-from nndose.io.atomic import atomic_write_json, staged_directory
+from nndose.io.atomic import staged_directory
+from nndose.io.layout import TEST_DIR, TRAIN_DIR
 from nndose.io.plan_file import Arc, Machine, Prescription, StaticBeam, TreatmentPlan
-from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, DatasetInfo
-from nndose.io.volumes import write_volume
+from nndose.io.raw_dataset import DatasetInfo, write_case, write_dataset_json
 from nndose.parallel import map_with_progress
 
 MACHINES = (Machine("generic_6MV", 1000.0, 6.0), Machine("generic_10MV", 1000.0, 10.0),
@@ -109,13 +109,7 @@ def _write_case(args, folder: Path, seed: int, style: PlanningStyle, sites: tupl
                 modalities: tuple[str, ...]) -> str:
     index, split, name = args
     anatomy, plan, dose = make_case(index, seed, style, sites=sites, modalities=modalities)
-    case = folder / split / name
-    (case / "structures").mkdir(parents=True)
-    write_volume(case / "ct.nii.gz", anatomy.ct.astype(np.int16), anatomy.grid)
-    write_volume(case / "dose.nii.gz", dose, anatomy.grid)
-    for s, mask in anatomy.structures.items():
-        write_volume(case / "structures" / f"{s}.nii.gz", mask.astype(np.uint8), anatomy.grid)
-    atomic_write_json(case / "plan.json", plan.to_json())
+    write_case(folder / split / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, dose)
     return name
 
 
@@ -136,5 +130,5 @@ def generate_phantom_dataset(dataset_dir: Path, num_cases: int = 40, seed: int =
     with staged_directory(dataset_dir) as stage:
         write = partial(_write_case, folder=stage, seed=seed, style=planning, sites=sites, modalities=modalities)
         map_with_progress(write, jobs, num_processes, "phantoms", progress)
-        atomic_write_json(stage / "dataset.json", info.to_json())
+        write_dataset_json(stage, info)
     return info

@@ -5,9 +5,7 @@ Each patient is converted on its own into a staging folder; a patient with any p
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,10 +20,10 @@ from nndose.dicom.rtstruct import rasterize_roi, read_rois, referenced_frame_of_
 from nndose.dicom.scan import PatientFiles, scan_folder
 from nndose.dicom.structure_map import StructureMap
 from nndose.errors import NndoseError
-from nndose.io.atomic import atomic_write_json
+from nndose.io.atomic import remove_stale_temporaries, replace_path, staging_area
+from nndose.io.layout import DATASET_JSON, TEST_DIR, TRAIN_DIR
 from nndose.io.plan_file import Prescription, TreatmentPlan
-from nndose.io.raw_dataset import TEST_DIR, TRAIN_DIR, DatasetInfo, list_cases, load_dataset_json
-from nndose.io.volumes import write_volume
+from nndose.io.raw_dataset import DatasetInfo, list_cases, load_dataset_json, write_case, write_dataset_json
 from nndose.parallel import map_with_progress
 
 SKIPPED_TYPES = ("SUPPORT", "FIXATION", "MARKER", "REGISTRATION", "ISOCENTER", "CONTRAST_AGENT", "BOLUS",
@@ -157,16 +155,11 @@ def _convert(patient, out_case, smap, site, need_dose, result) -> None:
             dose = sum(resample_dose(d, grid) for d in doses)
     if result.problems:
         return
-    (out_case / "structures").mkdir(parents=True)
-    write_volume(out_case / "ct.nii.gz", np.clip(np.round(ct), -32768, 32767).astype(np.int16), grid)
-    if dose is not None:
-        write_volume(out_case / "dose.nii.gz", dose.astype(np.float32), grid)
-    for name, mask in masks.items():
-        write_volume(out_case / "structures" / f"{name}.nii.gz", mask.astype(np.uint8), grid)
     prescriptions = tuple(Prescription(n, float(d), int(f)) for n, (d, f) in rx.items())
     plan = TreatmentPlan(site, geometry.modality, geometry.machine, prescriptions,
-                         tuple(round(v, 3) for v in geometry.isocenter_mm), geometry.beams, geometry.arcs)
-    atomic_write_json(out_case / "plan.json", plan.to_json())
+                         tuple(round(v, 3) for v in geometry.isocenter_mm), geometry.beams, geometry.arcs,
+                         patient_id=patient.patient_id or None)
+    write_case(out_case, grid, ct, masks, plan, dose)
     result.kinds = kinds
 
 
@@ -198,47 +191,44 @@ def convert_dicom(input_dir: Path, dataset_dir: Path, smap: StructureMap | None 
         raise NndoseError(f"{input_dir}: no DICOM CT/RTSTRUCT/RTPLAN/RTDOSE files found"
                           + (f" ({problems[0]})" if problems else ""))
     existing: dict[str, str] = {}
-    if dataset_dir.exists() and (dataset_dir / "dataset.json").is_file():
+    if (dataset_dir / DATASET_JSON).is_file():
         info = load_dataset_json(dataset_dir)
         if info.extra.get("source") != "dicom":
             raise NndoseError(f"{dataset_dir} exists and was not converted from DICOM; choose another id")
         existing = dict(info.structures)
+    elif dataset_dir.exists() and any(p for p in dataset_dir.iterdir() if not p.name.startswith(".")):
+        raise NndoseError(f"{dataset_dir} exists without a dataset.json and is not empty; remove it or choose another id")
     site = site or (smap.site if smap and smap.site else "unspecified")
     created = not dataset_dir.exists()
-    dataset_dir.mkdir(parents=True, exist_ok=True)
     split = TEST_DIR if test else TRAIN_DIR
-    stage = Path(tempfile.mkdtemp(prefix=f".staging_{split}.", dir=dataset_dir))
+    remove_stale_temporaries(dataset_dir)
     try:
-        results = map_with_progress(partial(_convert_one, stage=stage, smap=smap, site=site, need_dose=not test),
-                                    patients, num_processes, f"convert DICOM -> {split}", progress, unit="patient")
-        converted, skipped, notes = [], [], []
-        vocab = dict(existing)
-        for r in results:
-            clash = [f"{n} is a {k} here but a {vocab[n]} elsewhere" for n, k in r.kinds.items() if vocab.get(n, k) != k]
-            r.problems += clash
-            problems += [f"{r.case}: {p}" for p in r.problems]
-            notes += [f"{r.case}: {n}" for n in r.notes]
-            if r.problems:
-                shutil.rmtree(stage / r.case, ignore_errors=True)
-                skipped.append(r.case)
-                continue
-            vocab = _vocabulary(vocab, r.kinds)
-            converted.append(r.case)
-        if converted:
-            (dataset_dir / split).mkdir(exist_ok=True)
+        with staging_area(dataset_dir, f"staging_{split}") as stage:
+            results = map_with_progress(partial(_convert_one, stage=stage, smap=smap, site=site, need_dose=not test),
+                                        patients, num_processes, f"convert DICOM -> {split}", progress, unit="patient")
+            converted, skipped, notes = [], [], []
+            vocab = dict(existing)
+            for r in results:
+                clash = [f"{n} is a {k} here but a {vocab[n]} elsewhere" for n, k in r.kinds.items() if vocab.get(n, k) != k]
+                r.problems += clash
+                problems += [f"{r.case}: {p}" for p in r.problems]
+                notes += [f"{r.case}: {n}" for n in r.notes]
+                if r.problems:
+                    skipped.append(r.case)
+                    continue
+                vocab = _vocabulary(vocab, r.kinds)
+                converted.append(r.case)
             for case in converted:
-                final = dataset_dir / split / case
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(stage / case, final)
-            info = DatasetInfo(dataset_dir.name.split("_", 1)[1], vocab, ".nii.gz",
-                               len(list_cases(dataset_dir, TRAIN_DIR)),
-                               "converted from DICOM RT by nndose_convert_dicom", {"source": "dicom"})
-            atomic_write_json(dataset_dir / "dataset.json", info.to_json())
+                replace_path(stage / case, dataset_dir / split / case)
+            if converted:
+                write_dataset_json(dataset_dir, DatasetInfo(dataset_dir.name.split("_", 1)[1], vocab, ".nii.gz",
+                                                            len(list_cases(dataset_dir, TRAIN_DIR)),
+                                                            "converted from DICOM RT by nndose_convert_dicom",
+                                                            {"source": "dicom"}))
     except BaseException:
-        shutil.rmtree(dataset_dir if created else stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(dataset_dir, ignore_errors=True)
         raise
-    shutil.rmtree(stage, ignore_errors=True)
     if created and not converted:
         shutil.rmtree(dataset_dir, ignore_errors=True)
     return ConversionReport(converted, skipped, problems, notes, unreadable)

@@ -15,23 +15,20 @@ from nndose.dicom.ct_series import read_ct_series
 from nndose.dicom.rtdose import build_rtdose, write_rtdose
 from nndose.dicom.scan import scan_folder
 from nndose.errors import NndoseError
+from nndose.io.atomic import replace_path, staging_area
+from nndose.io.layout import list_predictions
 from nndose.io.volumes import read_volume
 
 
-def prediction_files(pred_dir: Path) -> dict[str, Path]:
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise NndoseError(f"{pred_dir}: prediction folder not found")
-    preds = {p.name[: -len(".nii.gz")]: p for p in sorted(pred_dir.glob("*.nii.gz"))
-             if not p.name.startswith(".") and not p.name.endswith("_spread.nii.gz")}
+def export_dicom(pred_dir: Path, reference_dir: Path, out_dir: Path) -> list[Path]:
+    """Write <out>/<case>/RTDOSE_<case>.dcm for every prediction; every input is checked before writing,
+    and the files are staged and moved into OUT only when all are written."""
+    preds = list_predictions(pred_dir)
     if not preds:
         raise NndoseError(f"{pred_dir}: no <case>.nii.gz predictions")
-    return preds
-
-
-def export_dicom(pred_dir: Path, reference_dir: Path, out_dir: Path, progress_cb=None) -> list[Path]:
-    """Write <out>/<case>/RTDOSE_<case>.dcm for every prediction; every input is checked before writing."""
-    preds = prediction_files(pred_dir)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NndoseError(f"{out_dir}: exists and is not a folder (-o names the output folder)")
     patients, problems = scan_folder(reference_dir)
     by_case = {p.case_name: p for p in patients}
     missing = [c for c in preds if c not in by_case]
@@ -52,13 +49,16 @@ def export_dicom(pred_dir: Path, reference_dir: Path, out_dir: Path, progress_cb
             raise NndoseError(f"{path}: grid {pred_grid.describe()} differs from the CT's {grid.describe()}")
         if not np.all(np.isfinite(dose)):
             raise NndoseError(f"{path}: prediction holds NaN or infinite values")
+        if dose.min() < 0:
+            raise NndoseError(f"{path}: negative dose ({dose.min():.3g} Gy)")
         plans = [pydicom.dcmread(p, stop_before_pixels=True) for p in patient.files["RTPLAN"]]
         jobs.append((case, dose, grid, ct_header, plans[0] if plans else None))
     written = []
-    for case, dose, grid, ct_header, plan in jobs:
-        target = Path(out_dir) / case / f"RTDOSE_{case}.dcm"
-        write_rtdose(target, build_rtdose(dose, grid, ct_header, plan))
-        written.append(target)
-        if progress_cb:
-            progress_cb()
+    with staging_area(out_dir.parent, f"{out_dir.name}.export") as stage:
+        for case, dose, grid, ct_header, plan in jobs:
+            write_rtdose(stage / case / f"RTDOSE_{case}.dcm", build_rtdose(dose, grid, ct_header, plan))
+        for case, *_ in jobs:
+            target = out_dir / case / f"RTDOSE_{case}.dcm"
+            replace_path(stage / case / target.name, target)
+            written.append(target)
     return written

@@ -9,9 +9,10 @@ from scipy import stats
 
 from nndose.errors import NndoseError
 from nndose.evaluation.metrics import case_metrics
-from nndose.io.raw_dataset import DatasetInfo, load_case, load_dataset_json
+from nndose.io.layout import DOSE_FILE, list_predictions
+from nndose.io.raw_dataset import DatasetInfo, RawCase, list_cases, load_case, load_dataset_json
 from nndose.io.volumes import read_volume
-from nndose.preprocessing.body import body_from_ct
+from nndose.preprocessing.body import case_body
 
 
 def _mean_std(values) -> dict:
@@ -26,8 +27,12 @@ def evaluate_case(case_dir: Path, prediction_path: Path, info: DatasetInfo) -> d
         raise NndoseError(f"{prediction_path}: grid {grid.describe()} differs from the reference's {case.grid.describe()}")
     if not np.all(np.isfinite(pred)):
         raise NndoseError(f"{prediction_path}: prediction holds NaN or infinite values")
-    body = case.structures.get(info.body) if info.body else None
-    body = body if body is not None else body_from_ct(case.ct)
+    return score_case(case, pred, info)
+
+
+def score_case(case: RawCase, pred: np.ndarray, info: DatasetInfo) -> dict:
+    """Every metric of a prediction (Gy, on the case's grid) against the case's planned dose."""
+    body = case_body(case, info.body)
     rx = {p.structure: p.dose_gy for p in case.plan.prescriptions}
     reference = case.dose.astype(np.float64)
     quantum = info.extra.get("dose_quantum_gy")
@@ -70,23 +75,29 @@ def breakdown(cases: list[dict]) -> dict:
     return out
 
 
-def evaluate_folder(reference_dir: Path, prediction_dir: Path, info: DatasetInfo | None = None) -> dict:
+def evaluate_folder(reference_dir: Path, prediction_dir: Path, info: DatasetInfo | None = None,
+                    allow_missing: bool = False) -> dict:
+    """Score every prediction against its reference case. A reference case (with a planned dose) that
+    has no prediction is an error unless allow_missing, so a score never silently covers fewer cases."""
     reference_dir, prediction_dir = Path(reference_dir), Path(prediction_dir)
     if not reference_dir.is_dir():
         raise NndoseError(f"{reference_dir}: reference folder not found")
-    if not prediction_dir.is_dir():
-        raise NndoseError(f"{prediction_dir}: prediction folder not found")
     info = info or load_dataset_json(reference_dir.parent)
-    preds = sorted(p for p in prediction_dir.glob("*.nii.gz") if not p.name.endswith("_spread.nii.gz") and not p.name.startswith("."))
+    preds = list_predictions(prediction_dir)
     if not preds:
         raise NndoseError(f"{prediction_dir}: no <case>.nii.gz predictions")
-    cases = []
-    for p in preds:
-        name = p.name[: -len(".nii.gz")]
+    for name, p in preds.items():
         if not (reference_dir / name).is_dir():
             raise NndoseError(f"{p}: no reference case {name} in {reference_dir}")
-        cases.append(evaluate_case(reference_dir / name, p, info))
-    return {"aggregate": aggregate(cases), "breakdown": breakdown(cases), "cases": cases}
+    references = [c.name for c in list_cases(reference_dir.parent, reference_dir.name)
+                  if (c / f"{DOSE_FILE}{info.file_ending}").is_file()]
+    missing = [c for c in references if c not in preds]
+    if missing and not allow_missing:
+        raise NndoseError(f"{prediction_dir}: {len(missing)} of {len(references)} reference case(s) have no prediction "
+                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); predict them or pass --allow_missing")
+    cases = [evaluate_case(reference_dir / name, p, info) for name, p in preds.items()]
+    return {"aggregate": aggregate(cases), "breakdown": breakdown(cases), "cases": cases,
+            "missing_predictions": missing}
 
 
 def compare(summary_a: dict, summary_b: dict) -> dict:

@@ -10,7 +10,9 @@ import numpy as np
 from scipy import ndimage
 
 from nndose.io.raw_dataset import DatasetInfo, RawCase, load_case
+from nndose.io.layout import prediction_path
 from nndose.io.volumes import write_volume
+from nndose.preprocessing.body import case_body
 
 BIN_MM = 2.5
 MAX_MM = 200.0
@@ -26,11 +28,6 @@ def nearest_target_geometry(case: RawCase, info: DatasetInfo) -> tuple[np.ndarra
     return dist, rx[tuple(idx)]
 
 
-def _body(case: RawCase, info: DatasetInfo) -> np.ndarray:
-    from nndose.preprocessing.body import body_from_ct
-    return case.structures[info.body] if info.body in case.structures else body_from_ct(case.ct)
-
-
 @dataclass
 class FalloffBaseline:
     falloff: np.ndarray  # median dose / prescription per distance bin
@@ -41,7 +38,7 @@ class FalloffBaseline:
         samples: list[list[np.ndarray]] = [[] for _ in range(nbins)]
         for d in case_dirs:
             case = load_case(d, info, require_dose=True)
-            body = _body(case, info)
+            body = case_body(case, info.body)
             dist, rx = nearest_target_geometry(case, info)
             bins = np.minimum((dist[body] / BIN_MM).astype(int), nbins - 1)
             ratio = case.dose[body] / np.maximum(rx[body], 1e-6)
@@ -56,10 +53,10 @@ class FalloffBaseline:
         dist, rx = nearest_target_geometry(case, info)
         pos = np.clip(dist / BIN_MM, 0, len(self.falloff) - 1)
         dose = rx * np.interp(pos, np.arange(len(self.falloff)), self.falloff)
-        return np.where(_body(case, info), dose, 0.0).astype(np.float32)
+        return np.where(case_body(case, info.body), dose, 0.0).astype(np.float32)
 
     def predict_folder(self, case_dirs: list[Path], info: DatasetInfo, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for d in case_dirs:
             case = load_case(d, info, require_dose=False)
-            write_volume(out_dir / f"{case.name}.nii.gz", self.predict(case, info), case.grid)
+            write_volume(prediction_path(out_dir, case.name), self.predict(case, info), case.grid)

@@ -1,13 +1,32 @@
-"""Atomic writes: write to a temporary name beside the target, then rename."""
+"""Atomic writes: write to a temporary name beside the target, then rename.
+
+Every temporary (a file being written, a staging folder, a replaced folder on its way out) is hidden
+and carries its process id in its name, `.<name>.<pid>.<random>.tmp<suffix>` / `.partial` / `.old`,
+so that a later run can tell a leftover of a killed process from one still in use and remove it
+(`remove_stale_temporaries`).
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _respect_umask(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600 files and 0700 folders; published outputs get the permissions any
+    other program's would (0666 / 0777 less the umask), so colleagues can read an exported model."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def atomic_write(path: Path | str, writer: Callable[[Path], None]) -> None:
@@ -18,10 +37,11 @@ def atomic_write(path: Path | str, writer: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        _respect_umask(tmp_path, directory=False)
         writer(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
@@ -37,28 +57,83 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def replace_path(new: Path | str, final: Path | str) -> None:
+    """Move the file or folder `new` onto `final` (same filesystem). An existing `final` is renamed
+    away first and deleted only once `new` is in its place, so no moment loses both."""
+    new, final = Path(new), Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        os.replace(new, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".old", dir=final.parent))
+    old.rmdir()
+    os.replace(final, old)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+@contextmanager
+def staging_area(parent: Path | str, label: str = "staging") -> Iterator[Path]:
+    """A hidden temporary folder under `parent` (so that moves out of it are renames), removed on exit
+    whatever happens; what should survive is moved out of it with `replace_path` before."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{label}.{os.getpid()}.", suffix=".partial", dir=parent))
+    _respect_umask(stage, directory=True)
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 @contextmanager
 def staged_directory(final: Path | str, replace: bool = False) -> Iterator[Path]:
-    """Build a directory under a temporary sibling name and rename it to `final` on success.
+    """Build a directory under a temporary sibling name and move it to `final` on success.
 
     On any exception the staging directory is removed and `final` is untouched. With replace=True an
     existing `final` is swapped out only after the new one is complete.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not replace:
         raise FileExistsError(final)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    try:
+    with staging_area(final.parent, final.name) as stage:
         yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-        old.rmdir()
-        os.replace(final, old)
-        os.replace(stage, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage, final)
+        replace_path(stage, final)
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]{8}\.(tmp.*|partial|old)$")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path | str) -> list[Path]:
+    """Remove the temporaries in `folder` (not below) left by processes that no longer run; returns them."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _TEMPORARY.match(entry.name)
+        if not m or int(m.group(1)) == os.getpid() or process_alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

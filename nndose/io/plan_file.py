@@ -63,6 +63,7 @@ class TreatmentPlan:
     isocenter_mm: tuple[float, float, float]
     beams: tuple[StaticBeam, ...] = field(default_factory=tuple)
     arcs: tuple[Arc, ...] = field(default_factory=tuple)
+    patient_id: str | None = None   # plans of one patient share it; cross-validation keeps them together
 
     @property
     def reference_dose_gy(self) -> float:
@@ -76,7 +77,8 @@ class TreatmentPlan:
         return {"site": self.site, "modality": self.modality, "machine": asdict(self.machine),
                 "prescriptions": [asdict(p) for p in self.prescriptions],
                 "isocenter_mm": list(self.isocenter_mm),
-                "beams": [asdict(b) for b in self.beams], "arcs": [asdict(a) for a in self.arcs]}
+                "beams": [asdict(b) for b in self.beams], "arcs": [asdict(a) for a in self.arcs],
+                **({"patient_id": self.patient_id} if self.patient_id else {})}
 
 
 class InvalidPlan(NndoseError):
@@ -177,6 +179,9 @@ def parse_plan(d: object, source: str = "plan.json") -> TreatmentPlan:
                         direction if direction in ARC_DIRECTIONS else "CW",
                         _angle(a, "couch_deg", where, problems, 0.0) or 0.0,
                         _angle(a, "collimator_deg", where, problems, 0.0) or 0.0))
+    patient_id = d.get("patient_id")
+    if patient_id is not None and (not isinstance(patient_id, str) or not patient_id.strip()):
+        problems.append(f"patient_id must be a non-empty string, got {patient_id!r}")
     if not beams and not arcs:
         problems.append("no beams and no arcs: the plan needs its beam geometry")
     if modality == "VMAT" and not arcs:
@@ -186,7 +191,7 @@ def parse_plan(d: object, source: str = "plan.json") -> TreatmentPlan:
     if problems:
         raise InvalidPlan(source, problems)
     return TreatmentPlan(site, modality, machine, tuple(prescriptions), tuple(float(v) for v in iso),
-                         tuple(beams), tuple(arcs))
+                         tuple(beams), tuple(arcs), patient_id.strip() if patient_id else None)
 
 
 def load_plan(path: Path | str) -> TreatmentPlan:

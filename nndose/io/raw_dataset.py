@@ -1,8 +1,9 @@
 """The raw dataset: DatasetXXX_Name/{dataset.json, casesTr/<case>/, casesTs/<case>/}.
 
 A case folder holds ct.nii.gz (HU), dose.nii.gz (Gy, optional in casesTs), structures/<name>.nii.gz
-(binary) and plan.json. `read_case` loads one case and lists every problem it finds, so that the
-verifier and the preprocessor share one set of checks.
+(binary) and plan.json (names in `layout`). `read_case` loads one case and lists every problem it
+finds, so that the verifier and the preprocessor share one set of checks; `write_case` is the one
+writer every dataset builder (phantoms, OpenKBP, DICOM) uses.
 """
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from nndose.errors import NndoseError
+from nndose.errors import FileProblem, NndoseError
+from nndose.io.atomic import atomic_write_json
 from nndose.io.json_file import read_json
+from nndose.io.layout import CT_FILE, DATASET_JSON, DOSE_FILE, NIFTI, PLAN_FILE, STRUCTURES_DIR, TRAIN_DIR, case_folders
 from nndose.io.plan_file import InvalidPlan, TreatmentPlan, load_plan
-from nndose.io.volumes import Grid, read_volume
+from nndose.io.volumes import Grid, read_volume, write_volume
 
 STRUCTURE_KINDS = ("target", "oar", "body")
-CT_FILE, DOSE_FILE, PLAN_FILE, STRUCTURES_DIR = "ct", "dose", "plan.json", "structures"
-TRAIN_DIR, TEST_DIR = "casesTr", "casesTs"
 
 
 @dataclass(frozen=True)
@@ -66,22 +67,28 @@ def parse_dataset_json(d: object, source: str) -> DatasetInfo:
         raise NndoseError(f"{source}: more than one structure of kind 'body'")
     if not any(k == "target" for k in vocab.values()):
         raise NndoseError(f"{source}: no structure of kind 'target'")
+    num_training = d.get("numTraining", 0)
+    if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
+        raise NndoseError(f"{source}: numTraining must be a whole number >= 0, got {num_training!r}")
+    ending = d.get("file_ending", ".nii.gz")
+    if not isinstance(ending, str) or not ending.startswith(".") or "/" in ending:
+        raise NndoseError(f"{source}: file_ending must be a suffix such as '.nii.gz', got {ending!r}")
     known = {"name", "description", "file_ending", "numTraining", "structures"}
-    return DatasetInfo(str(d.get("name", "")), vocab, str(d.get("file_ending", ".nii.gz")),
-                       int(d.get("numTraining", 0)), str(d.get("description", "")),
+    return DatasetInfo(str(d.get("name", "")), vocab, ending, num_training, str(d.get("description", "")),
                        {k: v for k, v in d.items() if k not in known})
 
 
 def load_dataset_json(dataset_dir: Path) -> DatasetInfo:
-    path = Path(dataset_dir) / "dataset.json"
+    path = Path(dataset_dir) / DATASET_JSON
     return parse_dataset_json(read_json(path, "every raw dataset needs a dataset.json"), str(path))
 
 
+def write_dataset_json(dataset_dir: Path, info: DatasetInfo) -> None:
+    atomic_write_json(Path(dataset_dir) / DATASET_JSON, info.to_json())
+
+
 def list_cases(dataset_dir: Path, split: str = TRAIN_DIR) -> list[Path]:
-    folder = Path(dataset_dir) / split
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return case_folders(Path(dataset_dir) / split)
 
 
 @dataclass
@@ -105,27 +112,63 @@ def _mask_problems(name: str, rel: str, arr: np.ndarray) -> list[str]:
     return []
 
 
-def read_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> tuple[RawCase | None, list[str]]:
-    """Load a case and check it; returns (case or None, problems). Each problem names case and file."""
-    case_dir = Path(case_dir)
+def _plan_and_structure_files(case_dir: Path, info: DatasetInfo) -> tuple[TreatmentPlan | None, dict[str, Path], list[str]]:
+    """plan.json and the case's structure files by name, without reading any voxel."""
     c = case_dir.name
     problems: list[str] = []
-    if not case_dir.is_dir():
-        return None, [f"{c}: case folder {case_dir} not found"]
-    ending = info.file_ending
     plan = None
     try:
         plan = load_plan(case_dir / PLAN_FILE)
     except InvalidPlan as e:
         problems += [f"{c}/{PLAN_FILE}: {p}" for p in e.problems]
-    except NndoseError as e:
-        problems.append(f"{c}/{PLAN_FILE}: {str(e).split(': ', 1)[-1]}")
+    except FileProblem as e:
+        problems.append(f"{c}/{PLAN_FILE}: {e.reason}")
+    ending = info.file_ending
+    sdir = case_dir / STRUCTURES_DIR
+    files = sorted(f for f in sdir.glob("*") if not f.name.startswith(".")) if sdir.is_dir() else []
+    if not files:
+        problems.append(f"{c}/{STRUCTURES_DIR}: no structure files")
+    found: dict[str, Path] = {}
+    for f in files:
+        rel = f"{STRUCTURES_DIR}/{f.name}"
+        if not f.name.endswith(ending):
+            problems.append(f"{c}/{rel}: unexpected file (structures must end in {ending})")
+        elif f.name[: -len(ending)] not in info.structures:
+            problems.append(f"{c}/{rel}: unknown structure {f.name[: -len(ending)]!r} (not in dataset.json's structures)")
+        else:
+            found[f.name[: -len(ending)]] = f
+    return plan, found, problems
+
+
+def check_case_files(case_dir: Path, info: DatasetInfo, require_dose: bool) -> list[str]:
+    """The problems that show without reading voxels: the folder, plan.json, files present, structure
+    names. A quick first pass before long work; `read_case` does every check."""
+    case_dir = Path(case_dir)
+    if not case_dir.is_dir():
+        return [f"{case_dir.name}: case folder {case_dir} not found"]
+    _, _, problems = _plan_and_structure_files(case_dir, info)
+    for stem, needed in ((CT_FILE, True), (DOSE_FILE, require_dose)):
+        if needed and not (case_dir / f"{stem}{info.file_ending}").is_file():
+            problems.append(f"{case_dir.name}/{stem}{info.file_ending}: file not found")
+    return problems
+
+
+def read_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> tuple[RawCase | None, list[str]]:
+    """Load a case and check it; returns (case or None, problems). Each problem names case and file."""
+    case_dir = Path(case_dir)
+    c = case_dir.name
+    if not case_dir.is_dir():
+        return None, [f"{c}: case folder {case_dir} not found"]
+    ending = info.file_ending
+    plan, structure_files, problems = _plan_and_structure_files(case_dir, info)
+    unreadable: set[str] = set()
 
     def load(rel: str):
         try:
             return read_volume(case_dir / rel)
-        except NndoseError as e:
-            problems.append(f"{c}/{rel}: {str(e).split(': ', 1)[-1]}")
+        except FileProblem as e:
+            problems.append(f"{c}/{rel}: {e.reason}")
+            unreadable.add(rel)
             return None, None
 
     ct, grid = load(CT_FILE + ending)
@@ -145,28 +188,20 @@ def read_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> tuple[Ra
         problems.append(f"{c}/{CT_FILE}{ending}: volume too small {grid.shape_zyx}")
 
     structures: dict[str, np.ndarray] = {}
-    sdir = case_dir / STRUCTURES_DIR
-    files = sorted(sdir.glob("*")) if sdir.is_dir() else []
-    if not files:
-        problems.append(f"{c}/{STRUCTURES_DIR}: no structure files")
-    for f in files:
+    for name, f in structure_files.items():
         rel = f"{STRUCTURES_DIR}/{f.name}"
-        if not f.name.endswith(ending):
-            problems.append(f"{c}/{rel}: unexpected file (structures must end in {ending})")
-            continue
-        name = f.name[: -len(ending)]
-        if name not in info.structures:
-            problems.append(f"{c}/{rel}: unknown structure {name!r} (not in dataset.json's structures)")
-            continue
         arr, sgrid = load(rel)
         if arr is None:
             continue
         if grid is not None and not sgrid.same_as(grid):
             problems.append(f"{c}/{rel}: grid {sgrid.describe()} differs from the CT's {grid.describe()}")
+            unreadable.add(rel)
             continue
         mask_problems = _mask_problems(name, f"{c}/{rel}", arr)
         problems += mask_problems
-        if not mask_problems:
+        if mask_problems:
+            unreadable.add(rel)
+        else:
             structures[name] = arr > 0.5
 
     body = info.body
@@ -183,7 +218,7 @@ def read_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> tuple[Ra
         for p in plan.prescriptions:
             if info.structures.get(p.structure) != "target":
                 problems.append(f"{c}/{PLAN_FILE}: prescription for {p.structure!r}, which is not a target in dataset.json")
-            elif p.structure not in structures and not any(q.startswith(f"{c}/{STRUCTURES_DIR}/{p.structure}{ending}") for q in problems):
+            elif p.structure not in structures and f"{STRUCTURES_DIR}/{p.structure}{ending}" not in unreadable:
                 problems.append(f"{c}/{PLAN_FILE}: prescribed target {p.structure} has no mask in {STRUCTURES_DIR}/")
         if grid is not None and not grid.contains_point(plan.isocenter_mm):
             problems.append(f"{c}/{PLAN_FILE}: isocenter {list(plan.isocenter_mm)} lies outside the CT volume")
@@ -199,3 +234,19 @@ def load_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> RawCase:
         more = f" (and {len(problems) - 1} more problem(s); run nndose_verify_dataset)" if len(problems) > 1 else ""
         raise NndoseError(problems[0] + more)
     return case
+
+
+def write_case(case_dir: Path, grid: Grid, ct_hu: np.ndarray, structures: dict[str, np.ndarray], plan: TreatmentPlan,
+               dose_gy: np.ndarray | None = None) -> None:
+    """Write a case folder in the raw format: CT as int16 HU (rounded), dose as float32 Gy, each
+    non-empty structure as a uint8 mask, plan.json. The folder must not exist yet (builders stage
+    cases and move them into place)."""
+    case_dir = Path(case_dir)
+    (case_dir / STRUCTURES_DIR).mkdir(parents=True)
+    write_volume(case_dir / f"{CT_FILE}{NIFTI}", np.clip(np.round(ct_hu), -32768, 32767).astype(np.int16), grid)
+    if dose_gy is not None:
+        write_volume(case_dir / f"{DOSE_FILE}{NIFTI}", np.asarray(dose_gy, dtype=np.float32), grid)
+    for name, mask in structures.items():
+        if np.any(mask):
+            write_volume(case_dir / STRUCTURES_DIR / f"{name}{NIFTI}", np.asarray(mask).astype(np.uint8), grid)
+    atomic_write_json(case_dir / PLAN_FILE, plan.to_json())

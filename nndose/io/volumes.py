@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from nndose.errors import NndoseError
+from nndose.errors import FileProblem
 from nndose.io.atomic import atomic_write
 
 
@@ -94,14 +94,14 @@ def grid_of(image: sitk.Image) -> Grid:
 def read_image(path: Path | str) -> sitk.Image:
     path = Path(path)
     if not path.is_file():
-        raise NndoseError(f"{path}: file not found")
+        raise FileProblem(path, "file not found")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
-        raise NndoseError(f"{path}: cannot read image ({reason[:160]})") from None
+        raise FileProblem(path, f"cannot read image ({reason[:160]})") from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise NndoseError(f"{path}: expected a 3D single-component volume, got {image.GetDimension()}D "
+        raise FileProblem(path, f"expected a 3D single-component volume, got {image.GetDimension()}D "
                           f"with {image.GetNumberOfComponentsPerPixel()} components")
     return image
 
@@ -110,16 +110,16 @@ def read_header(path: Path | str) -> Grid:
     """Geometry only, without reading voxel data."""
     path = Path(path)
     if not path.is_file():
-        raise NndoseError(f"{path}: file not found")
+        raise FileProblem(path, "file not found")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
-        raise NndoseError(f"{path}: cannot read image header (corrupt or not a NIfTI file)") from None
+        raise FileProblem(path, "cannot read image header (corrupt or not a NIfTI file)") from None
     size = reader.GetSize()
     if len(size) != 3:
-        raise NndoseError(f"{path}: expected a 3D volume, got {len(size)}D")
+        raise FileProblem(path, f"expected a 3D volume, got {len(size)}D")
     return Grid((int(size[2]), int(size[1]), int(size[0])), tuple(float(v) for v in reader.GetSpacing()),
                 tuple(float(v) for v in reader.GetOrigin()), tuple(float(v) for v in reader.GetDirection()))
 
@@ -133,18 +133,18 @@ def read_volume(path: Path | str, dtype=np.float32) -> tuple[np.ndarray, Grid]:
         try:
             arr = sitk.GetArrayFromImage(image)
         except RuntimeError:
-            raise NndoseError(f"{path}: cannot read voxel data (truncated or corrupt file)") from None
+            raise FileProblem(path, "cannot read voxel data (truncated or corrupt file)") from None
         return arr.astype(dtype, copy=False), grid_of(image)
     grid = read_header(path)
     try:
         arr = np.asanyarray(nib.load(str(path)).dataobj)
     except Exception as e:  # nibabel raises many types for truncated or corrupt files
-        raise NndoseError(f"{path}: cannot read voxel data ({type(e).__name__})") from None
+        raise FileProblem(path, f"cannot read voxel data ({type(e).__name__})") from None
     if arr.ndim != 3:
-        raise NndoseError(f"{path}: expected a 3D volume, got shape {arr.shape}")
+        raise FileProblem(path, f"expected a 3D volume, got shape {arr.shape}")
     arr = np.ascontiguousarray(arr.T).astype(dtype, copy=False)
     if arr.shape != grid.shape_zyx:
-        raise NndoseError(f"{path}: voxel data shape {arr.shape} does not match its header {grid.shape_zyx}")
+        raise FileProblem(path, f"voxel data shape {arr.shape} does not match its header {grid.shape_zyx}")
     return arr, grid
 
 

@@ -1,4 +1,4 @@
-"""Input channels by name: ct, prescription, one per organ, body, beam_dose."""
+"""Input channels by name: ct, prescription, one per organ, body, beam_dose; and their padding."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,12 +7,13 @@ from nndose.geometry.beams import plan_directions
 from nndose.geometry.rasterizer import beam_geometry_channel
 from nndose.io.plan_file import TreatmentPlan
 from nndose.io.volumes import Grid
+from nndose.plans import ORGAN_PREFIX, BeamChannelSettings, CTNormalization
 
 
-def normalize_ct(ct_hu: np.ndarray, norm: dict) -> np.ndarray:
+def normalize_ct(ct_hu: np.ndarray, norm: CTNormalization) -> np.ndarray:
     """Clip to the dataset's body HU percentiles, then z-score with the body mean and std."""
-    clipped = np.clip(ct_hu, norm["clip_low"], norm["clip_high"])
-    return ((clipped - norm["mean"]) / max(norm["std"], 1e-6)).astype(np.float32)
+    clipped = np.clip(ct_hu, norm.clip_low, norm.clip_high)
+    return ((clipped - norm.mean) / max(norm.std, 1e-6)).astype(np.float32)
 
 
 def prescription_map(structures: dict[str, np.ndarray], plan: TreatmentPlan, shape) -> np.ndarray:
@@ -25,8 +26,13 @@ def prescription_map(structures: dict[str, np.ndarray], plan: TreatmentPlan, sha
     return out
 
 
-def build_channels(names: list[str], ct_hu: np.ndarray, grid: Grid, structures: dict[str, np.ndarray],
-                   body: np.ndarray, plan: TreatmentPlan, targets: list[str], ct_norm: dict, beam_opts: dict) -> np.ndarray:
+def organ_channel(organ: str) -> str:
+    return f"{ORGAN_PREFIX}{organ}"
+
+
+def build_channels(names, ct_hu: np.ndarray, grid: Grid, structures: dict[str, np.ndarray], body: np.ndarray,
+                   plan: TreatmentPlan, targets: list[str], ct_norm: CTNormalization,
+                   beam: BeamChannelSettings) -> np.ndarray:
     """Stack the named channels (C, Z, Y, X) float32 on `grid`."""
     out = np.zeros((len(names),) + tuple(ct_hu.shape), dtype=np.float32)
     target_union = np.zeros(ct_hu.shape, bool)
@@ -41,14 +47,20 @@ def build_channels(names: list[str], ct_hu: np.ndarray, grid: Grid, structures: 
         elif name == "body":
             out[i] = body
         elif name == "beam_dose":
-            directions = plan_directions(plan, beam_opts["arc_step_deg"])
+            directions = plan_directions(plan, beam.arc_step_deg)
             out[i] = beam_geometry_channel(ct_hu, grid, target_union, directions, plan.isocenter_mm,
-                                           plan.machine.sad_mm, plan.machine.energy_mv, beam_opts["margin_mm"],
-                                           beam_opts["penumbra_mm"], beam_opts["pixel_mm"], within=body) * body
-        elif name.startswith("organ_"):
-            organ = name[len("organ_"):]
+                                           plan.machine.sad_mm, plan.machine.energy_mv, beam.margin_mm,
+                                           beam.penumbra_mm, beam.pixel_mm, within=body) * body
+        elif name.startswith(ORGAN_PREFIX):
+            organ = name[len(ORGAN_PREFIX):]
             if organ in structures:
                 out[i] = structures[organ]
         else:
             raise ValueError(f"unknown channel {name!r}")
     return out
+
+
+def channel_pad_values(channels, ct_norm: CTNormalization) -> list[float]:
+    """Padding per channel outside the volume: air for the CT, zero for masks, prescription and beam."""
+    air = (max(-1000.0, ct_norm.clip_low) - ct_norm.mean) / ct_norm.std
+    return [air if c == "ct" else 0.0 for c in channels]

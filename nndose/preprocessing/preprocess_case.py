@@ -3,37 +3,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from nndose.io.raw_dataset import DatasetInfo, RawCase
-from nndose.plans import preprocessed_channels
-from nndose.preprocessing.body import body_from_ct
+from nndose.io.raw_dataset import RawCase
+from nndose.plans import Configuration, Plans
+from nndose.preprocessing.body import body_source, case_body
 from nndose.preprocessing.channels import build_channels
 from nndose.preprocessing.resampling import bbox_with_margin, crop_grid, grid_with_spacing, resample_mask, resample_to_grid
 
 
-def preprocess_case(case: RawCase, info: DatasetInfo, plans: dict, conf: dict) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """(channels (C, Z, Y, X), dose / reference dose (Z, Y, X) or None, properties)."""
-    body = case.structures.get(info.body) if info.body else None
-    body_source = "structure"
-    if body is None:
-        body, body_source = body_from_ct(case.ct), "ct_threshold"
-    lo, hi = bbox_with_margin(body, case.grid, plans["crop_margin_mm"])
+def preprocess_case(case: RawCase, plans: Plans, conf: Configuration) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """(channels (C, Z, Y, X) of conf.stored_channels, dose / reference dose (Z, Y, X) or None, properties)."""
+    body = case_body(case, plans.body)
+    lo, hi = bbox_with_margin(body, case.grid, plans.crop_margin_mm)
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
     cgrid = crop_grid(case.grid, lo, hi)
-    rgrid = grid_with_spacing(cgrid, conf["spacing_zyx"])
+    rgrid = grid_with_spacing(cgrid, conf.spacing_zyx)
     ct = resample_to_grid(case.ct[crop], cgrid, rgrid, order=1)
-    structures = {n: resample_mask(m[crop], cgrid, rgrid) for n, m in case.structures.items() if n != info.body}
+    structures = {n: resample_mask(m[crop], cgrid, rgrid) for n, m in case.structures.items() if n != plans.body}
     rbody = resample_mask(body[crop], cgrid, rgrid)
-    channels = build_channels(preprocessed_channels(conf), ct, rgrid, structures, rbody, case.plan, info.targets,
-                              plans["ct_normalization"], plans["beam_channels"])
+    channels = build_channels(conf.stored_channels, ct, rgrid, structures, rbody, case.plan, plans.targets,
+                              plans.ct_normalization, plans.beam_channels)
     ref = case.plan.reference_dose_gy
     target = None
     if case.dose is not None:
         target = np.where(rbody, resample_to_grid(case.dose[crop], cgrid, rgrid, order=1), 0.0).astype(np.float32) / ref
-    props = {"case": case.name, "original_grid": case.grid.to_json(), "crop_start_zyx": lo, "crop_stop_zyx": hi,
+    props = {"case": case.name, "patient_id": case.plan.patient_id or case.name,
+             "original_grid": case.grid.to_json(), "crop_start_zyx": lo, "crop_stop_zyx": hi,
              "cropped_grid": cgrid.to_json(), "preprocessed_grid": rgrid.to_json(),
              "reference_dose_gy": ref, "site": case.plan.site, "modality": case.plan.modality,
              "prescriptions": [{"structure": p.structure, "dose_gy": p.dose_gy, "fractions": p.fractions}
                                for p in case.plan.prescriptions],
-             "structures_present": sorted(case.structures), "body_source": body_source,
-             "channels": preprocessed_channels(conf), "has_dose": target is not None}
+             "structures_present": sorted(case.structures), "body_source": body_source(case.structures, plans.body),
+             "channels": list(conf.stored_channels), "has_dose": target is not None}
     return channels, target, props

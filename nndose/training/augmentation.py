@@ -10,8 +10,6 @@ The dose travels as the regression target: linear interpolation, never label han
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
@@ -20,31 +18,7 @@ from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, Contrast
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 
-LR_AXIS = 2  # data axes are (z, y, x); x runs right -> left
-
-
-def lateral_pairs(channels: list[str]) -> list[tuple[int, int]]:
-    """Index pairs of channels that swap under a left-right mirror (X_L/X_R, LeftX/RightX, ...)."""
-    pairs = []
-    index = {c: i for i, c in enumerate(channels)}
-    for c, i in index.items():
-        for pat, rep in ((r"_L$", "_R"), (r"Left", "Right"), (r"_left$", "_right"), (r"^(organ_)L_", r"\1R_")):
-            other = re.sub(pat, rep, c)
-            if other != c and other in index and (i, index[other]) not in pairs:
-                pairs.append((i, index[other]))
-    return pairs
-
-
-def mirror_lr(image: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
-    """Flip a (C, Z, Y, X) or (B, C, Z, Y, X) tensor left-right and swap paired channels."""
-    ch = image.ndim - 4
-    out = torch.flip(image, (image.ndim - 1,))
-    if pairs:
-        perm = list(range(image.shape[ch]))
-        for i, j in pairs:
-            perm[i], perm[j] = j, i
-        out = out.index_select(ch, torch.tensor(perm, device=image.device))
-    return out
+from nndose.inference.mirroring import lateral_pairs, mirror_lr
 
 
 class LateralMirror(BasicTransform):

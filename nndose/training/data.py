@@ -8,9 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pathlib import Path
-
-from nndose.preprocessing.storage import load_case, open_array
+from nndose.preprocessing.storage import array_path, load_case, open_array
 
 # Extra context sampled around a patch so that rotation and scaling do not pull in padding.
 CONTEXT = (1.1, 1.45, 1.45)
@@ -70,7 +68,7 @@ class PatchDataset(IterableDataset):
         n_stored = data.shape[0]
         img = crop_padded(data, lo, win, self.pad[:n_stored])
         if self.levels:
-            stage1 = crop_padded(open_array(Path(self.stage1_dir) / f"{name}.b2nd"), lo, win, [0.0])
+            stage1 = crop_padded(open_array(array_path(self.stage1_dir, name)), lo, win, [0.0])
             img = np.concatenate([img, np.stack([(stage1[0] >= t).astype(np.float32) for t in self.levels])])
         tgt = crop_padded(dose, lo, win, [0.0])
         image, target = torch.from_numpy(img), torch.from_numpy(tgt)
@@ -90,8 +88,3 @@ class PatchDataset(IterableDataset):
             for _ in range(self.batch_size):
                 yield self.sample(rng)
 
-
-def channel_pad_values(channels: list[str], ct_norm: dict) -> list[float]:
-    """Padding per channel: air for the CT, zero for masks, prescription and beam channels."""
-    air = (max(-1000.0, ct_norm["clip_low"]) - ct_norm["mean"]) / ct_norm["std"]
-    return [air if c == "ct" else 0.0 for c in channels]

@@ -7,66 +7,85 @@ dataset's plan; both plans must list the same input channels.
 """
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from nndose.errors import NndoseError
-from nndose.plans import configuration, load_plans
-from nndose.training.checkpoints import load_checkpoint
+from nndose.io.checkpoints import load_checkpoint
+from nndose.io.layout import CHECKPOINT_FINAL, MODEL_PLANS_FILE, check_fold, fold_folder, list_folds
+from nndose.plans import Plans, load_plans
 from nndose.training.trainer import nndoseTrainer
 
 
-def finetune_plans(target_plans: dict, pretrained_plans: dict, config: str) -> dict:
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """The transfer-learning recipe. The pretrained layers that stay trainable learn at `lr_scale` times
+    the from-scratch rate; a re-initialised output layer has no pretrained weights to protect and learns
+    at `head_lr_scale` times it (1.0: the full rate, so that it converges within a short schedule)."""
+    pretrained: Path                       # the trained model folder
+    pretrained_fold: str | None = None     # default: its first trained fold
+    freeze: str = "encoder"                # or "none"
+    reinit_head: bool = True
+    lr_scale: float = 0.1
+    head_lr_scale: float = 1.0
+    head_init: str = "least_squares"       # or "random": how the re-initialised output layer starts
+
+    def __post_init__(self):
+        if self.head_init not in ("least_squares", "random"):
+            raise NndoseError(f"--head_init {self.head_init!r}: least_squares or random")
+        if self.freeze not in ("encoder", "none"):
+            raise NndoseError(f"--freeze {self.freeze!r}: encoder or none")
+        if not (self.lr_scale > 0 and self.head_lr_scale > 0):
+            raise NndoseError("--lr_scale and --head_lr_scale must be positive")
+        if self.pretrained_fold is not None:
+            check_fold(self.pretrained_fold)
+
+    def to_json(self) -> dict:
+        return {"pretrained": str(Path(self.pretrained).resolve()), "pretrained_fold": self.pretrained_fold,
+                "freeze": self.freeze, "reinit_head": self.reinit_head, "lr_scale": self.lr_scale,
+                "head_lr_scale": self.head_lr_scale, "head_init": self.head_init}
+
+
+def finetune_plans(target_plans: Plans, pretrained_plans: Plans, config: str) -> Plans:
     """The target plan with the pretrained configuration's network and patch size; checks channels."""
-    target, source = configuration(target_plans, config), configuration(pretrained_plans, config)
-    if target["channels"] != source["channels"]:
-        missing = sorted(set(source["channels"]) ^ set(target["channels"]))
+    target, source = target_plans.configuration(config), pretrained_plans.configuration(config)
+    if target.channels != source.channels:
+        missing = sorted(set(source.channels) ^ set(target.channels))
         raise NndoseError(f"the target plan's {config} channels differ from the pretrained model's "
                           f"({', '.join(missing[:6]) or 'order differs'}); the datasets need the same structure vocabulary")
-    plans = copy.deepcopy(target_plans)
-    conf = plans["configurations"][config]
-    conf["network"] = copy.deepcopy(source["network"])
-    conf["patch_size_zyx"] = list(source["patch_size_zyx"])
-    plans["finetuned_from"] = {"dataset": pretrained_plans.get("dataset_name"), "configuration": config}
-    return plans
+    tuned = replace(target, network=source.network, patch_size_zyx=source.patch_size_zyx)
+    return replace(target_plans.with_configuration(tuned),
+                   extra={**target_plans.extra,
+                          "finetuned_from": {"dataset": pretrained_plans.dataset_name, "configuration": config}})
 
 
 class nndoseTrainer_Finetune(nndoseTrainer):
-    """Set `pretrained_checkpoint`, `freeze`, `reinit_head`, `head_init`, `lr_scale` and `head_lr_scale`
-    before initialize().
-
-    The pretrained layers that stay trainable learn at `lr_scale` times the from-scratch rate; a
-    re-initialised output layer has no pretrained weights to protect and learns at `head_lr_scale`
-    times it (1.0: the full rate, so that it converges within a short fine-tuning schedule)."""
-    pretrained_checkpoint: Path | None = None
-    freeze = "encoder"
-    reinit_head = True
-    lr_scale = 0.1
-    head_lr_scale = 1.0
-    head_init = "least_squares"   # or "random": how the re-initialised output layer starts
+    """Starts from `pretrained_checkpoint` with the `FinetuneOptions` recipe."""
     num_epochs = 100
+
+    def __init__(self, *args, finetune: FinetuneOptions, pretrained_checkpoint: Path, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.finetune, self.pretrained_checkpoint = finetune, Path(pretrained_checkpoint)
 
     def build_network(self) -> torch.nn.Module:
         net = super().build_network()
-        if self.pretrained_checkpoint is None:
-            raise NndoseError("fine-tuning needs a pretrained checkpoint")
         ck = load_checkpoint(self.pretrained_checkpoint)
         try:
             net.load_state_dict(ck["network"])
         except RuntimeError as e:
             raise NndoseError(f"{self.pretrained_checkpoint}: weights do not fit the plan's network ({str(e).splitlines()[0]})") from None
-        if self.reinit_head:
+        if self.finetune.reinit_head:
             net.head.reset_parameters()
-        if self.freeze == "encoder":
+        if self.finetune.freeze == "encoder":
             for module in net.encoder_modules:
                 for p in module.parameters():
                     p.requires_grad_(False)
         return net
 
     def run_training(self) -> None:
-        if self.reinit_head and self.head_init == "least_squares" and self.epoch == 0:
+        if self.finetune.reinit_head and self.finetune.head_init == "least_squares" and self.epoch == 0:
             self.fit_head()
         super().run_training()
 
@@ -108,27 +127,27 @@ class nndoseTrainer_Finetune(nndoseTrainer):
 
     def configure_optimizer(self, params) -> torch.optim.Optimizer:
         params = list(params)
-        head = {id(p) for p in self.network.head.parameters()} if self.reinit_head else set()
-        groups = [{"params": [p for p in params if id(p) not in head], "lr_mult": self.lr_scale}]
+        head = {id(p) for p in self.network.head.parameters()} if self.finetune.reinit_head else set()
+        groups = [{"params": [p for p in params if id(p) not in head], "lr_mult": self.finetune.lr_scale}]
         if head:
-            groups.append({"params": [p for p in params if id(p) in head], "lr_mult": self.head_lr_scale})
+            groups.append({"params": [p for p in params if id(p) in head], "lr_mult": self.finetune.head_lr_scale})
         for g in groups:
             g["lr"] = self.initial_lr * g["lr_mult"]
         return torch.optim.AdamW(groups, lr=self.initial_lr, weight_decay=self.weight_decay)
 
 
-def pretrained_checkpoint(model_dir: Path, fold: str | None, checkpoint: str) -> Path:
+def pretrained_checkpoint(model_dir: Path, fold: str | None, checkpoint: str = CHECKPOINT_FINAL) -> Path:
     model_dir = Path(model_dir)
-    if not (model_dir / "plans.json").is_file():
-        raise NndoseError(f"{model_dir}: not a trained model folder (no plans.json)")
-    folds = [fold] if fold else sorted(p.name[5:] for p in model_dir.glob("fold_*") if (p / checkpoint).is_file())
+    if not (model_dir / MODEL_PLANS_FILE).is_file():
+        raise NndoseError(f"{model_dir}: not a trained model folder (no {MODEL_PLANS_FILE})")
+    folds = [check_fold(fold)] if fold else list_folds(model_dir, checkpoint)
     if not folds:
         raise NndoseError(f"{model_dir}: no fold has {checkpoint}")
-    path = model_dir / f"fold_{folds[0]}" / checkpoint
+    path = fold_folder(model_dir, folds[0]) / checkpoint
     if not path.is_file():
         raise NndoseError(f"{path}: checkpoint not found")
     return path
 
 
-def load_pretrained_plans(model_dir: Path) -> dict:
-    return load_plans(Path(model_dir) / "plans.json")
+def load_pretrained_plans(model_dir: Path) -> Plans:
+    return load_plans(Path(model_dir) / MODEL_PLANS_FILE)

@@ -12,10 +12,9 @@ seeded by (seed, batch index), so a resumed run repeats the batches a killed one
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,62 +23,72 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nndose.errors import NndoseError
-from nndose.io.atomic import atomic_write, atomic_write_json
-from nndose.plans import configuration
-from nndose.preprocessing.storage import list_preprocessed_cases
+from nndose.io.checkpoints import load_checkpoint, save_checkpoint
+from nndose.io.layout import (CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, OOF_DIR, SPLITS_FILE, TRAINING_LOG,
+                              previous_stage_folder)
+from nndose.networks import build_network
+from nndose.plans import Plans
+from nndose.preprocessing.channels import channel_pad_values
+from nndose.preprocessing.preprocess_dataset import check_data_matches_plan
+from nndose.preprocessing.storage import array_path, list_preprocessed_cases, load_properties
 from nndose.training.augmentation import training_transforms
-from nndose.training.checkpoints import load_checkpoint, save_checkpoint
-from nndose.training.data import PatchDataset, channel_pad_values
+from nndose.training.data import PatchDataset
 from nndose.training.losses import masked_mae
-from nndose.training.network import build_network
 from nndose.training.progress import plot_progress
 from nndose.training.splits import fold_cases, load_or_create_splits
 
-OOF_DIR = "oof_predictions"  # stage-1 predictions of each case by the fold that did not train on it
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What a run may change about a trainer's schedule without a new trainer class."""
+    epochs: int | None = None                 # None: the trainer's num_epochs
+    iterations_per_epoch: int | None = None   # None: the trainer's iterations_per_epoch
+    time_budget_s: float | None = None        # fit the number of epochs into this wall-clock budget
+    num_workers: int | None = None            # loader workers (None: default_num_workers)
+    exclude_sites: tuple[str, ...] = ()       # leave-site-out: never trained nor validated on
 
 
 class nndoseTrainer:
     initial_lr = 1e-3
     weight_decay = 1e-4
     num_epochs = 300
-    time_budget_s: float | None = None   # when set, num_epochs is fitted so that training ends within it
     iterations_per_epoch = 250
     val_iterations = 25
     grad_clip = 12.0
     ema_momentum = 0.9
     seed = 12345
-    exclude_sites: tuple[str, ...] = ()  # leave-site-out: cases of these sites are neither trained nor validated on
     compile_on_cuda = True  # torch.compile the training model on CUDA (environment nndose_compile=0 turns it off)
 
-    def __init__(self, plans: dict, config_name: str, fold: str | int, preprocessed_dir: Path, output_dir: Path,
-                 device: torch.device, num_epochs: int | None = None, iterations_per_epoch: int | None = None,
-                 rank: int = 0, world_size: int = 1, num_workers: int | None = None):
+    def __init__(self, plans: Plans, config_name: str, fold: str | int, preprocessed_dir: Path, output_dir: Path,
+                 device: torch.device, settings: TrainerSettings = TrainerSettings(), rank: int = 0, world_size: int = 1):
         self.plans, self.config_name, self.fold = plans, config_name, str(fold)
-        self.conf = configuration(plans, config_name)
+        self.conf = plans.configuration(config_name)
         self.preprocessed_dir = Path(preprocessed_dir)
-        self.data_dir = self.preprocessed_dir / self.conf["data_identifier"]
+        self.data_dir = self.preprocessed_dir / self.conf.data_identifier
         self.output_dir = Path(output_dir)
         self.device = device
-        self.num_epochs = num_epochs or self.num_epochs
+        self.settings = settings
+        self.num_epochs = settings.epochs or self.num_epochs
         self.epoch_cap = self.num_epochs   # a time budget may shorten the schedule, and lengthen it back up to this
-        self.iterations_per_epoch = iterations_per_epoch or self.iterations_per_epoch
+        self.time_budget_s = settings.time_budget_s
+        self.iterations_per_epoch = settings.iterations_per_epoch or self.iterations_per_epoch
         self.val_iterations = max(1, min(self.val_iterations, self.iterations_per_epoch))
+        self.exclude_sites = tuple(settings.exclude_sites)
         self.rank, self.world_size = rank, world_size
-        self.num_workers = num_workers if num_workers is not None else default_num_workers(device, world_size)
-        self.channels = self.conf["channels"]
+        self.num_workers = settings.num_workers if settings.num_workers is not None else default_num_workers(device, world_size)
+        self.channels = list(self.conf.channels)
         self.body_channel = self.channels.index("body")
         self.amp = device.type == "cuda"
         self.stage1_dir = None
-        if self.conf.get("previous_stage"):  # cascade: stage-1 predictions made out of fold
-            self.stage1_dir = (self.output_dir.parent.parent / f"{type(self).__name__}__{plans['plans_name']}__"
-                               f"{self.conf['previous_stage']}" / OOF_DIR)
+        if self.conf.previous_stage:  # cascade: stage-1 predictions made out of fold
+            self.stage1_dir = previous_stage_folder(self.output_dir.parent, self.conf.previous_stage) / OOF_DIR
         self.log = {"train_loss": [], "val_mae_gy": [], "val_mae_ema_gy": [], "lr": [], "epoch_time_s": []}
         self.epoch = 0
         self.best_ema = float("inf")
 
     # ----- hooks a variant may override --------------------------------------------------------
     def build_network(self) -> torch.nn.Module:
-        return build_network(self.plans, self.config_name)
+        return build_network(self.conf)
 
     def compute_loss(self, pred: torch.Tensor, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return masked_mae(pred, target, self.body_mask(image))
@@ -91,7 +100,7 @@ class nndoseTrainer:
         return self.initial_lr * (1 - epoch / self.num_epochs) ** 0.9
 
     def get_training_transforms(self):
-        return training_transforms(self.conf["patch_size_zyx"], self.channels)
+        return training_transforms(self.conf.patch_size_zyx, self.channels)
 
     # ----- helpers -----------------------------------------------------------------------------
     def body_mask(self, image: torch.Tensor) -> torch.Tensor:
@@ -105,30 +114,31 @@ class nndoseTrainer:
         cases = list_preprocessed_cases(self.data_dir)
         if not cases:
             raise NndoseError(f"{self.data_dir}: no preprocessed cases (run nndose_plan_and_preprocess)")
-        props = {c: json.loads((self.data_dir / f"{c}.json").read_text()) for c in cases}
+        check_data_matches_plan(self.data_dir, self.plans, self.conf)
+        props = {c: load_properties(self.data_dir, c) for c in cases}
         keep = [c for c in cases if props[c].get("site") not in self.exclude_sites]
         if not keep:
             raise NndoseError(f"excluding {', '.join(self.exclude_sites)} leaves no case to train on")
         if self.fold == "all":  # everything trains; a fifth of it also gives the validation MAE
             return keep, keep[:: 5]
-        patients = {c: props[c].get("patient_id", c) for c in cases}
-        splits = load_or_create_splits(self.preprocessed_dir / "splits_final.json", cases, patients)
+        patients = {c: str(props[c].get("patient_id") or c) for c in cases}
+        splits = load_or_create_splits(self.preprocessed_dir / SPLITS_FILE, cases, patients)
         train, val = fold_cases(splits, self.fold, cases)
         return [c for c in train if c in keep], [c for c in val if c in keep] or keep[:: 5]
 
     def _check_stage1(self, cases: list[str]) -> None:
-        missing = [c for c in cases if not (self.stage1_dir / f"{c}.b2nd").is_file()]
+        missing = [c for c in cases if not array_path(self.stage1_dir, c).is_file()]
         if missing:
-            raise NndoseError(f"{self.config_name} trains on out-of-fold predictions of {self.conf['previous_stage']}: "
+            raise NndoseError(f"{self.config_name} trains on out-of-fold predictions of {self.conf.previous_stage}: "
                               f"{len(missing)} case(s) lack one in {self.stage1_dir} (train all five folds of "
-                              f"{self.conf['previous_stage']} with {type(self).__name__} first)")
+                              f"{self.conf.previous_stage} with {type(self).__name__} first)")
 
     def _loader(self, cases, transforms, seed, first_batch: int = 0, num_workers: int | None = None) -> DataLoader:
-        batch = max(1, self.conf["batch_size"] // self.world_size)
-        ds = PatchDataset(self.data_dir, cases, self.conf["patch_size_zyx"],
-                          channel_pad_values(self.channels, self.plans["ct_normalization"]), seed, transforms,
+        batch = max(1, self.conf.batch_size // self.world_size)
+        ds = PatchDataset(self.data_dir, cases, self.conf.patch_size_zyx,
+                          channel_pad_values(self.channels, self.plans.ct_normalization), seed, transforms,
                           rank=self.rank, stage1_dir=self.stage1_dir,
-                          dose_mask_levels=self.conf.get("dose_mask_levels", ()) if self.stage1_dir else (),
+                          dose_mask_levels=self.conf.dose_mask_levels if self.stage1_dir else (),
                           batch_size=batch, first_batch=first_batch)
         workers = self.num_workers if num_workers is None else num_workers
         return DataLoader(ds, batch_size=batch, num_workers=workers, pin_memory=self.device.type == "cuda",
@@ -154,7 +164,7 @@ class nndoseTrainer:
         return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "grad_scaler": self.scaler.state_dict() if self.scaler else {}, "epoch": self.epoch,
                 "log": self.log, "best_ema": self.best_ema, "trainer": type(self).__name__,
-                "config": self.config_name, "plans_name": self.plans["plans_name"], "channels": self.channels}
+                "config": self.config_name, "plans_name": self.plans.plans_name, "channels": self.channels}
 
     def save(self, name: str) -> None:
         if self.is_main:
@@ -162,7 +172,7 @@ class nndoseTrainer:
 
     def load(self, path: Path) -> None:
         ck = load_checkpoint(path, map_location=self.device)
-        if ck.get("channels") != self.channels:
+        if list(ck["channels"]) != self.channels:
             raise NndoseError(f"{path}: checkpoint channels differ from the plan's {self.config_name}")
         self.network.load_state_dict(ck["network"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -232,9 +242,9 @@ class nndoseTrainer:
             self.on_epoch_end(float(np.mean(losses)), val_mae, self.optimizer.param_groups[0]["lr"], time.time() - start)
             self.fit_to_time_budget(time.time() - run_start, self.epoch - first_epoch)
         del train, val   # stops the loader workers
-        self.save("checkpoint_final.pth")
+        self.save(CHECKPOINT_FINAL)
         if self.is_main:
-            (self.output_dir / "checkpoint_latest.pth").unlink(missing_ok=True)
+            (self.output_dir / CHECKPOINT_LATEST).unlink(missing_ok=True)
 
     def fit_to_time_budget(self, elapsed_s: float, epochs_done: int) -> None:
         """With time_budget_s, set num_epochs (at most the requested number) to what the mean epoch time
@@ -257,13 +267,13 @@ class nndoseTrainer:
         self.epoch += 1
         if ema < self.best_ema:
             self.best_ema = ema
-            self.save("checkpoint_best.pth")
-        self.save("checkpoint_latest.pth")
+            self.save(CHECKPOINT_BEST)
+        self.save(CHECKPOINT_LATEST)
         if self.is_main:
             line = (f"epoch {self.epoch}/{self.num_epochs}  train loss {train_loss:.4f}  val MAE {val_mae:.3f} Gy "
                     f"(smoothed {ema:.3f})  lr {lr:.2e}  {seconds:.1f} s")
             tqdm.write(line)
-            with open(self.output_dir / "training_log.txt", "a") as f:
+            with open(self.output_dir / TRAINING_LOG, "a") as f:
                 f.write(line + "\n")
             plot_progress(self.log, self.output_dir / "progress.png")
 
@@ -280,13 +290,3 @@ def default_num_workers(device: torch.device, world_size: int = 1) -> int:
     if device.type != "cuda":
         return 0
     return max(1, (os.cpu_count() or 1) // max(1, world_size) - 1)
-
-
-def write_model_folder_files(model_dir: Path, preprocessed_dir: Path, plans: dict) -> None:
-    """Copy what inference needs beside the folds: plans, dataset.json, fingerprint."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(model_dir / "plans.json", plans)
-    for name in ("dataset.json", "dataset_fingerprint.json"):
-        src = Path(preprocessed_dir) / name
-        if src.is_file():
-            atomic_write(model_dir / name, lambda p, s=src: shutil.copyfile(s, p))

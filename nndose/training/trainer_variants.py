@@ -4,12 +4,9 @@ from __future__ import annotations
 import torch
 
 from nndose.errors import NndoseError
+from nndose.plans import ORGAN_PREFIX
 from nndose.training.losses import dvh_loss, masked_mae, masked_mse
 from nndose.training.trainer import nndoseTrainer
-
-
-class nndoseTrainer_MAE(nndoseTrainer):
-    """The default: masked MAE inside the body."""
 
 
 class nndoseTrainer_MSE(nndoseTrainer):
@@ -24,7 +21,7 @@ class nndoseTrainer_MAE_DVH(nndoseTrainer):
     dvh_width = 0.02
 
     def structure_masks(self, image: torch.Tensor) -> torch.Tensor:
-        organs = [i for i, c in enumerate(self.channels) if c.startswith("organ_")]
+        organs = [i for i, c in enumerate(self.channels) if c.startswith(ORGAN_PREFIX)]
         masks = (image[:, organs] > 0.5).float() if organs else image[:, :0]
         if "prescription" in self.channels:
             rx = image[:, self.channels.index("prescription")].unsqueeze(1)

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from nndose.errors import NndoseError
-from nndose.io.raw_dataset import TRAIN_DIR, DatasetInfo, list_cases, load_case, load_dataset_json
+from nndose.io.layout import TRAIN_DIR
+from nndose.io.raw_dataset import DatasetInfo, list_cases, load_case, load_dataset_json
 from nndose.parallel import map_with_progress
-from nndose.preprocessing.body import body_from_ct
+from nndose.preprocessing.body import case_body
 from nndose.preprocessing.resampling import bbox_with_margin
 
 CT_SAMPLES_PER_CASE = 10000
@@ -19,16 +20,14 @@ CT_SAMPLES_PER_CASE = 10000
 
 def case_fingerprint(case_dir: Path, info: DatasetInfo, crop_margin_mm: float) -> dict:
     case = load_case(case_dir, info, require_dose=True)
-    body = case.structures.get(info.body) if info.body else None
-    if body is None:
-        body = body_from_ct(case.ct)
+    body = case_body(case, info.body)
     lo, hi = bbox_with_margin(body, case.grid, crop_margin_mm)
     rng = np.random.default_rng(zlib.crc32(case.name.encode()))
     hu = case.ct[body]
     sample = rng.choice(hu, min(CT_SAMPLES_PER_CASE, hu.size), replace=False) if hu.size else hu
     voxel_cc = case.grid.voxel_volume_mm3 / 1000.0
     p = case.plan
-    return {"case": case.name, "spacing_zyx": case.grid.spacing_zyx.tolist(), "shape_zyx": list(case.grid.shape_zyx),
+    return {"case": case.name, "patient_id": case.plan.patient_id or case.name, "spacing_zyx": case.grid.spacing_zyx.tolist(), "shape_zyx": list(case.grid.shape_zyx),
             "cropped_shape_zyx": [b - a for a, b in zip(lo, hi)],
             "ct_sample_hu": sample.astype(float).round(1).tolist(),
             "dose_max_gy": float(case.dose.max()), "reference_dose_gy": p.reference_dose_gy,

@@ -1,10 +1,12 @@
-"""The residual-encoder U-Net built from the plan alone; training and inference share build_network."""
+"""U-Nets built from a plan's `Architecture`: the residual-encoder U-Net (the default) and a plain
+convolutional variant. Instance norm, leaky ReLU, transposed-convolution decoder, linear 1x1x1 head
+predicting dose / reference dose."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from nndose.plans import configuration
+from nndose.plans import Architecture
 
 
 def _conv(cin: int, cout: int, kernel, stride=1) -> nn.Conv3d:
@@ -33,15 +35,24 @@ class ResidualBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
+class PlainBlock(nn.Sequential):
+    """conv-norm-act twice, no skip connection (nnU-Net's plain encoder stage)."""
+
+    def __init__(self, cin: int, cout: int, kernel, stride):
+        super().__init__(_conv(cin, cout, kernel, stride), *_norm_act(cout), _conv(cout, cout, kernel), *_norm_act(cout))
+
+
 class ResEncUNet(nn.Module):
+    block = ResidualBlock
+
     def __init__(self, in_channels: int, features, kernel_sizes, strides, n_blocks, n_conv_decoder):
         super().__init__()
         self.stem = nn.Sequential(_conv(in_channels, features[0], kernel_sizes[0]), *_norm_act(features[0]))
         self.encoder = nn.ModuleList()
         prev = features[0]
         for s, f in enumerate(features):
-            blocks = [ResidualBlock(prev, f, kernel_sizes[s], strides[s])]
-            blocks += [ResidualBlock(f, f, kernel_sizes[s], (1, 1, 1)) for _ in range(n_blocks[s] - 1)]
+            blocks = [self.block(prev, f, kernel_sizes[s], strides[s])]
+            blocks += [self.block(f, f, kernel_sizes[s], (1, 1, 1)) for _ in range(n_blocks[s] - 1)]
             self.encoder.append(nn.Sequential(*blocks))
             prev = f
         self.up = nn.ModuleList()
@@ -56,6 +67,11 @@ class ResEncUNet(nn.Module):
                 cin = features[s]
             self.decoder.append(nn.Sequential(*layers))
         self.head = nn.Conv3d(features[0], 1, 1)  # linear output
+
+    @classmethod
+    def from_architecture(cls, in_channels: int, arch: Architecture) -> "ResEncUNet":
+        return cls(in_channels, arch.features_per_stage, arch.kernel_sizes, arch.strides, arch.n_blocks_per_stage,
+                   arch.n_conv_per_stage_decoder)
 
     @property
     def encoder_modules(self) -> list[nn.Module]:
@@ -73,8 +89,6 @@ class ResEncUNet(nn.Module):
         return self.head(x)
 
 
-def build_network(plans: dict, config_name: str) -> ResEncUNet:
-    conf = configuration(plans, config_name)
-    net = conf["network"]
-    return ResEncUNet(len(conf["channels"]), net["features_per_stage"], net["kernel_sizes"], net["strides"],
-                      net["n_blocks_per_stage"], net["n_conv_per_stage_decoder"])
+class PlainConvUNet(ResEncUNet):
+    """The same U-Net with plain (non-residual) encoder stages."""
+    block = PlainBlock

@@ -1,1 +1,0 @@
-"""Experiment planning: dataset fingerprint and the auto-planner (imports nndose; never imported by it)."""

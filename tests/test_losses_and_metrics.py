@@ -52,11 +52,12 @@ def test_openkbp_dose_error_uses_unmasked_numerator():
 def test_openkbp_dvh_points_by_hand():
     d = np.arange(1, 101, dtype=float)          # 100 voxels, 1..100 Gy
     pts = openkbp_dvh_points(d, "target", 8.0)
-    assert pts["D_99"] == pytest.approx(np.percentile(d, 1)) == pytest.approx(1.99)
-    assert pts["D_95"] == pytest.approx(5.95) and pts["D_1"] == pytest.approx(99.01)
-    # 8 mm^3 voxels: round(100 / 8) = 12 voxels in 0.1 cc -> percentile 88
-    assert openkbp_dvh_points(d, "oar", 8.0)["D_0.1_cc"] == pytest.approx(np.percentile(d, 88))
-    assert d_tenth_cc(d, 500.0) == pytest.approx(np.percentile(d, 99))   # at least one voxel
+    # linear interpolation between sorted values: percentile q sits at index q/100 * 99 of 1..100 Gy
+    assert pts["D_99"] == pytest.approx(1.99)                       # index 0.99
+    assert pts["D_95"] == pytest.approx(5.95) and pts["D_1"] == pytest.approx(99.01)   # 4.95, 98.01
+    # 8 mm^3 voxels: round(100 / 8) = 12 voxels in 0.1 cc -> percentile 88 -> index 87.12 -> 88.12 Gy
+    assert openkbp_dvh_points(d, "oar", 8.0)["D_0.1_cc"] == pytest.approx(88.12)
+    assert d_tenth_cc(d, 500.0) == pytest.approx(99.01)   # at least one voxel: percentile 99
 
 
 def test_hi_ci_dice_by_hand():
@@ -66,8 +67,8 @@ def test_hi_ci_dice_by_hand():
     body = np.ones(10, bool)
     # PIV = 4 voxels >= 70 Gy, 3 of them in the 4-voxel target: CI = 9 / 16
     assert conformity_index(dose, target, 70.0, body) == pytest.approx(9 / 16)
-    assert homogeneity_index(np.array([60.0, 70, 70, 70])) == pytest.approx(
-        (np.percentile([60, 70, 70, 70], 98) - np.percentile([60, 70, 70, 70], 2)) / 70)
+    # D2 = percentile 98 (index 2.94 of [60, 70, 70, 70]) = 70, D98 = index 0.06 = 60.6, D50 = 70
+    assert homogeneity_index(np.array([60.0, 70, 70, 70])) == pytest.approx((70 - 60.6) / 70)
     assert dice(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool)) == pytest.approx(0.5)
     iso = isodose_dice(dose, dose, 70.0, body)
     assert set(iso.values()) == {1.0} and list(iso)[0] == "10%" and list(iso)[-1] == "100%"

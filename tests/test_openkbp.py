@@ -10,7 +10,7 @@ from nndose.datasets.openkbp import (GANTRY_ANGLES, SHAPE, dense_from_sparse, lp
                                      read_sparse_csv)
 from nndose.io.volumes import read_volume
 from nndose.verification import verify_dataset
-from tests.conftest import OPENKBP_ARCHIVES, run_command, tree
+from tests.conftest import OPENKBP_ARCHIVES, run_command, run_ok, tree
 from tests.openkbp_helpers import extract_real_patients, synthetic_patient
 
 
@@ -60,7 +60,7 @@ def test_convert_synthetic_round_trip_and_metadata(tmp_path, nndose_env, capsys)
 
 def test_export_writes_submission_csv_equal_to_prediction(tmp_path, nndose_env, capsys):
     synthetic_patient(tmp_path / "in" / "pt_7")
-    run_command(convert_main, ["-i", str(tmp_path / "in"), "-d", "3", "-np", "1"], capsys)
+    run_ok(convert_main, ["-i", str(tmp_path / "in"), "-d", "3", "-np", "1"], capsys)
     pred = tmp_path / "pred"
     pred.mkdir()
     ds = nndose_env["nndose_raw"] / "Dataset003_OpenKBP"
@@ -76,7 +76,7 @@ def test_export_writes_submission_csv_equal_to_prediction(tmp_path, nndose_env, 
 def test_test_split_keeps_dose_and_adds_to_existing_dataset(tmp_path, nndose_env, capsys):
     synthetic_patient(tmp_path / "tr" / "pt_1")
     synthetic_patient(tmp_path / "ts" / "pt_2", seed=1)
-    run_command(convert_main, ["-i", str(tmp_path / "tr"), "-d", "3", "-np", "1"], capsys)
+    run_ok(convert_main, ["-i", str(tmp_path / "tr"), "-d", "3", "-np", "1"], capsys)
     code, _, err = run_command(convert_main, ["-i", str(tmp_path / "ts"), "-d", "3", "--test", "-np", "1"], capsys)
     assert code == 0, err
     ds = nndose_env["nndose_raw"] / "Dataset003_OpenKBP"
@@ -127,7 +127,7 @@ def test_real_openkbp_patients_round_trip_voxel_by_voxel(tmp_path, nndose_env, c
     pred.mkdir()
     for p in patients:
         (pred / f"{p.name}.nii.gz").write_bytes((ds / "casesTr" / p.name / "dose.nii.gz").read_bytes())
-    run_command(export_main, ["-i", str(pred), "-o", str(tmp_path / "out")], capsys)
+    run_ok(export_main, ["-i", str(pred), "-o", str(tmp_path / "out")], capsys)
     for p in patients:
         a = read_sparse_csv(tmp_path / "out" / f"{p.name}.csv", True)
         b = read_sparse_csv(p / "dose.csv", True)

@@ -30,7 +30,10 @@ def test_dose_reaches_prescription_and_stays_in_body(cases):
     for anatomy, plan, dose in cases:
         primary = max(plan.prescriptions, key=lambda p: p.dose_gy)
         d = dose[anatomy.structures[primary.structure]]
-        assert np.percentile(d, 5) == pytest.approx(primary.dose_gy, rel=1e-3)   # D95 = Rx
+        # D95 = Rx, by its definition: 95 % of the target receives the prescription (to one voxel)
+        voxel = 1.0 / d.size
+        assert np.mean(d >= 0.999 * primary.dose_gy) >= 0.95 - voxel
+        assert np.mean(d >= 1.001 * primary.dose_gy) <= 0.95 + voxel
         assert d.mean() < 1.25 * primary.dose_gy
         assert dose[~anatomy.structures["Body"]].max() == 0.0
         assert np.isfinite(dose).all() and dose.min() >= 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write_json
 from nndose.io.json_file import read_json
-from nndose.io.raw_dataset import STRUCTURE_KINDS
+from nndose.io.raw_dataset import STRUCTURE_KINDS, StructureVocabulary
 
 PLANS_VERSION = 2
 CONFIGURATIONS = ("3d_fullres", "3d_lowres", "3d_cascade_fullres")
@@ -93,7 +93,7 @@ class BeamChannelSettings:
 
 
 @dataclass(frozen=True)
-class Plans:
+class Plans(StructureVocabulary):
     plans_name: str
     dataset_name: str
     nndose_version: str
@@ -105,18 +105,6 @@ class Plans:
     gpu_memory_target_gb: float
     planner: dict = field(default_factory=dict)   # the options the planner ran with (a record)
     extra: dict = field(default_factory=dict)     # e.g. finetuned_from
-
-    @property
-    def targets(self) -> list[str]:
-        return [n for n, k in self.structures.items() if k == "target"]
-
-    @property
-    def organs(self) -> list[str]:
-        return [n for n, k in self.structures.items() if k == "oar"]
-
-    @property
-    def body(self) -> str | None:
-        return next((n for n, k in self.structures.items() if k == "body"), None)
 
     def configuration(self, name: str) -> Configuration:
         if name not in self.configurations:

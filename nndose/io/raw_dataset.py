@@ -22,14 +22,9 @@ from nndose.io.volumes import Grid, read_volume, write_volume
 STRUCTURE_KINDS = ("target", "oar", "body")
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    structures: dict[str, str]  # name -> kind (target | oar | body), in vocabulary order
-    file_ending: str = ".nii.gz"
-    num_training: int = 0
-    description: str = ""
-    extra: dict = field(default_factory=dict)
+class StructureVocabulary:
+    """The targets, organs and body of a `structures` mapping (name -> kind, in vocabulary order)."""
+    structures: dict[str, str]
 
     @property
     def targets(self) -> list[str]:
@@ -42,6 +37,16 @@ class DatasetInfo:
     @property
     def body(self) -> str | None:
         return next((n for n, k in self.structures.items() if k == "body"), None)
+
+
+@dataclass(frozen=True)
+class DatasetInfo(StructureVocabulary):
+    name: str
+    structures: dict[str, str]  # name -> kind (target | oar | body), in vocabulary order
+    file_ending: str = ".nii.gz"
+    num_training: int = 0
+    description: str = ""
+    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = {"name": self.name, "description": self.description, "file_ending": self.file_ending,

@@ -15,3 +15,10 @@ class FileProblem(NndoseError):
     def __init__(self, path: Path | str, reason: str):
         self.path, self.reason = Path(path), reason
         super().__init__(f"{path}: {reason}")
+
+    def __reduce__(self):   # crosses process boundaries (worker pools) intact
+        return type(self), (self.path, self.reason)
+
+
+class DiskFull(NndoseError):
+    """A write ran out of space: never a problem of one input, so batch commands stop on it."""

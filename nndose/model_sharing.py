@@ -24,6 +24,7 @@ from nndose.io.checkpoints import load_checkpoint
 from nndose.io.layout import (CHECKPOINT_FINAL, MODEL_FILES, MODEL_PLANS_FILE, check_fold, fold_folder, list_folds,
                               model_folder, parse_model_folder_name)
 from nndose.io.raw_dataset import load_dataset_json
+from nndose.kill_points import kill_point
 from nndose.networks import build_network
 from nndose.plans import load_plans
 
@@ -142,21 +143,34 @@ def install_model(archive: Path, results_root: Path, overwrite: bool = False) ->
             raise NndoseError(f"{archive}: empty archive")
         for info in z.infolist():
             _check_member(info)
+        created = not results_root.exists()
         results_root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(results_root)
-        _check_sizes(archive, infos, results_root)
-        models = sorted({"/".join(i.filename.split("/")[:2]) for i in infos})
-        clash = [m for m in models if (results_root / m).exists()]
-        if clash and not overwrite:
-            raise NndoseError(f"{results_root / clash[0]} is installed already; --overwrite replaces it")
-        with staging_area(results_root, "install") as stage:
-            for info in infos:
-                try:
-                    _extract(z, info, stage / info.filename)
-                except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-                    raise NndoseError(f"{archive}: corrupt member {info.filename!r} ({type(e).__name__})") from None
-            for m in models:
-                check_model_folder(stage / m, str(archive))
-            for m in models:
-                replace_path(stage / m, results_root / m)
+        try:
+            return _install(z, infos, archive, results_root, overwrite)
+        except BaseException:
+            if created and not any(results_root.iterdir()):
+                results_root.rmdir()
+            raise
+
+
+def _install(z: zipfile.ZipFile, infos: list[zipfile.ZipInfo], archive: Path, results_root: Path,
+             overwrite: bool) -> list[Path]:
+    """Extract into a staging area, check every model folder, then move them into place."""
+    remove_stale_temporaries(results_root)
+    _check_sizes(archive, infos, results_root)
+    models = sorted({"/".join(i.filename.split("/")[:2]) for i in infos})
+    clash = [m for m in models if (results_root / m).exists()]
+    if clash and not overwrite:
+        raise NndoseError(f"{results_root / clash[0]} is installed already; --overwrite replaces it")
+    with staging_area(results_root, "install") as stage:
+        for info in infos:
+            try:
+                _extract(z, info, stage / info.filename)
+            except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+                raise NndoseError(f"{archive}: corrupt member {info.filename!r} ({type(e).__name__})") from None
+        for m in models:
+            check_model_folder(stage / m, str(archive))
+        kill_point("install:extracted")
+        for m in models:
+            replace_path(stage / m, results_root / m)
     return [results_root / m for m in models]

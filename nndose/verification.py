@@ -21,6 +21,13 @@ def _check(args) -> list[str]:
     return problems
 
 
+def split_overlap(dataset_dir: Path) -> list[str]:
+    """A case in both casesTr and casesTs would be trained on and then tested: a leak."""
+    train = {c.name for c in list_cases(dataset_dir, TRAIN_DIR)}
+    return [f"{Path(dataset_dir).name}: case {c} is in both {TRAIN_DIR} and {TEST_DIR} (a training case cannot be a "
+            f"test case)" for c in sorted(train & {c.name for c in list_cases(dataset_dir, TEST_DIR)})]
+
+
 def verify_dataset(dataset_dir: Path, num_processes: int = 1, progress: bool = True) -> list[str]:
     """Every problem found, one line each naming case and file; empty when the dataset is usable."""
     dataset_dir = Path(dataset_dir)
@@ -34,6 +41,7 @@ def verify_dataset(dataset_dir: Path, num_processes: int = 1, progress: bool = T
         problems.append(f"{dataset_dir.name}/{TRAIN_DIR}: no training cases")
     elif info.num_training and info.num_training != len(train):
         problems.append(f"{dataset_dir.name}/dataset.json: numTraining is {info.num_training} but {TRAIN_DIR} holds {len(train)} cases")
+    problems += split_overlap(dataset_dir)
     jobs = [(c, info, True) for c in train] + [(c, info, False) for c in list_cases(dataset_dir, TEST_DIR)]
     for found in map_with_progress(_check, jobs, num_processes, "verify", progress):
         problems += found

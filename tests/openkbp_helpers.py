@@ -33,7 +33,11 @@ def synthetic_patient(folder: Path, seed: int = 0) -> dict[str, np.ndarray]:
         "LeftParotid": (a0 - 60) ** 2 + (a1 - 90) ** 2 + (a2 - 40) ** 2 < 30,
     }
     ct = np.where(body, rng.integers(900, 1200, SHAPE), 0)
-    dose = np.where(body, rng.uniform(0, 75, SHAPE).round(3), 0.0)
+    # a plausible plan: each PTV at its prescription (+-3 %), a random low dose elsewhere in the body
+    dose = np.where(body, rng.uniform(0, 40, SHAPE), 0.0)
+    for name, rx in (("PTV56", 56.0), ("PTV70", 70.0)):
+        dose = np.where(vols[name], rx * rng.uniform(0.97, 1.03, SHAPE), dose)
+    dose = dose.round(3)
     write_csv(folder / "ct.csv", ct.astype(float), True)
     write_csv(folder / "dose.csv", dose, True)
     for name, mask in vols.items():

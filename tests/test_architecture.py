@@ -7,7 +7,8 @@ import nndose
 PACKAGE = Path(nndose.__file__).parent
 # lowest first; a module may import a lower layer, its own package, or (in the core) the other core modules
 LAYERS = (
-    ("core", ("nndose", "nndose.errors", "nndose.paths", "nndose.parallel", "nndose.devices", "nndose.plans", "nndose.io")),
+    ("core", ("nndose", "nndose.errors", "nndose.paths", "nndose.parallel", "nndose.devices", "nndose.plans", "nndose.io",
+              "nndose.kill_points")),
     ("geometry and networks", ("nndose.geometry", "nndose.networks")),
     ("preprocessing", ("nndose.preprocessing",)),
     ("dataset builders and verification", ("nndose.datasets", "nndose.dicom", "nndose.verification")),

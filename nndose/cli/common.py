@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -17,15 +18,23 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _fail(prog: str, message: str) -> NoReturn:
+    sys.stderr.write(f"{prog}: error: {' '.join(message.split())}\n")
+    sys.exit(2)
+
+
 def run_cli(prog: str, body: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> None:
-    """Run a command body; turn NndoseError into one line on stderr and exit status 2."""
+    """Run a command body; turn NndoseError, and the operating system's refusals (a full disk, a
+    read-only or missing folder, no permission), into one line on stderr and exit status 2."""
     logging.basicConfig(level=os.environ.get("NNDOSE_LOGLEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     try:
         body(argv)
     except NndoseError as e:
-        msg = " ".join(str(e).split("\n"))
-        sys.stderr.write(f"{prog}: error: {msg}\n")
-        sys.exit(2)
+        _fail(prog, str(e))
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        full = " (no space left on the device: free some space and run again)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        _fail(prog, f"{where}{e.strerror or e}{full}")
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         sys.exit(130)

@@ -21,6 +21,7 @@ from nndose.io.layout import DATASET_JSON, TEST_DIR, TRAIN_DIR, list_predictions
 from nndose.io.plan_file import Machine, Prescription, StaticBeam, TreatmentPlan
 from nndose.io.raw_dataset import DatasetInfo, list_cases, load_dataset_json, write_case, write_dataset_json
 from nndose.io.volumes import Grid, read_volume
+from nndose.kill_points import kill_point
 from nndose.parallel import map_with_progress
 
 SHAPE = (128, 128, 128)
@@ -180,6 +181,7 @@ def convert_openkbp(input_dir: Path, dataset_dir: Path, test: bool = False, num_
         with staging_area(dataset_dir, f"staging_{split}") as stage:
             map_with_progress(partial(_convert_one, stage=stage), patients, num_processes, f"convert -> {split}",
                               progress, unit="patient")
+            kill_point("convert:cases_staged")
             for folder in patients:
                 replace_path(stage / folder.name, dataset_dir / split / folder.name)
             write_dataset_json(dataset_dir, openkbp_dataset_info(name, len(list_cases(dataset_dir, TRAIN_DIR))))
@@ -220,6 +222,7 @@ def export_openkbp(pred_dir: Path, out_dir: Path) -> list[str]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NndoseError(f"{out_dir}: exists and is not a folder (-o names the output folder)")
+    remove_stale_temporaries(out_dir.parent, out_dir.name)
     with staging_area(out_dir.parent, f"{out_dir.name}.export") as stage:
         for case, vol in volumes.items():
             write_sparse_csv(stage / f"{case}.csv", vol)

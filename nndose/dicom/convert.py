@@ -5,6 +5,7 @@ Each patient is converted on its own into a staging folder; a patient with any p
 """
 from __future__ import annotations
 
+import errno
 import shutil
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,12 +20,14 @@ from nndose.dicom.rtplan import read_plan
 from nndose.dicom.rtstruct import rasterize_roi, read_rois, referenced_frame_of_reference
 from nndose.dicom.scan import PatientFiles, scan_folder
 from nndose.dicom.structure_map import StructureMap
-from nndose.errors import NndoseError
+from nndose.errors import DiskFull, NndoseError
 from nndose.io.atomic import remove_stale_temporaries, replace_path, staging_area
 from nndose.io.layout import DATASET_JSON, TEST_DIR, TRAIN_DIR
 from nndose.io.plan_file import Prescription, TreatmentPlan
-from nndose.io.raw_dataset import DatasetInfo, list_cases, load_dataset_json, write_case, write_dataset_json
+from nndose.io.raw_dataset import DatasetInfo, list_cases, load_dataset_json, read_case, write_case, write_dataset_json
+from nndose.kill_points import kill_point
 from nndose.parallel import map_with_progress
+from nndose.preprocessing.body import case_body
 
 SKIPPED_TYPES = ("SUPPORT", "FIXATION", "MARKER", "REGISTRATION", "ISOCENTER", "CONTRAST_AGENT", "BOLUS",
                  "DOSE_REGION", "CONTROL", "CAVITY", "BRACHY_CHANNEL", "BRACHY_ACCESSORY", "BRACHY_SRC_APP",
@@ -96,6 +99,14 @@ def convert_patient(patient: PatientFiles, out_case: Path, smap: StructureMap | 
     result = PatientResult(patient.case_name)
     try:
         _convert(patient, out_case, smap, site, need_dose, result)
+    except DiskFull:   # the machine's problem, not the patient's: stop the conversion
+        shutil.rmtree(out_case, ignore_errors=True)
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            shutil.rmtree(out_case, ignore_errors=True)
+            raise
+        result.problems.append(f"cannot read or write ({e.strerror or e})")
     except NndoseError as e:
         result.problems.append(str(e))
     except Exception as e:   # malformed DICOM (missing required attribute, bad value)
@@ -160,6 +171,14 @@ def _convert(patient, out_case, smap, site, need_dose, result) -> None:
                          tuple(round(v, 3) for v in geometry.isocenter_mm), geometry.beams, geometry.arcs,
                          patient_id=patient.patient_id or None)
     write_case(out_case, grid, ct, masks, plan, dose)
+    # the checks nndose_verify_dataset makes, so that no case is written that the verifier would reject
+    case, problems = read_case(out_case, DatasetInfo("conversion", kinds), require_dose=need_dose)
+    result.problems += [p.split("/", 1)[-1] for p in problems]
+    if case is not None:
+        try:
+            case_body(case, next((n for n, k in kinds.items() if k == "body"), None))
+        except NndoseError as e:
+            result.problems.append(str(e).split(": ", 1)[-1])
     result.kinds = kinds
 
 
@@ -218,6 +237,7 @@ def convert_dicom(input_dir: Path, dataset_dir: Path, smap: StructureMap | None 
                     continue
                 vocab = _vocabulary(vocab, r.kinds)
                 converted.append(r.case)
+            kill_point("convert:cases_staged")
             for case in converted:
                 replace_path(stage / case, dataset_dir / split / case)
             if converted:

@@ -15,7 +15,7 @@ from nndose.dicom.ct_series import read_ct_series
 from nndose.dicom.rtdose import build_rtdose, write_rtdose
 from nndose.dicom.scan import scan_folder
 from nndose.errors import NndoseError
-from nndose.io.atomic import replace_path, staging_area
+from nndose.io.atomic import remove_stale_temporaries, replace_path, staging_area
 from nndose.io.layout import list_predictions
 from nndose.io.volumes import read_volume
 
@@ -54,6 +54,7 @@ def export_dicom(pred_dir: Path, reference_dir: Path, out_dir: Path) -> list[Pat
         plans = [pydicom.dcmread(p, stop_before_pixels=True) for p in patient.files["RTPLAN"]]
         jobs.append((case, dose, grid, ct_header, plans[0] if plans else None))
     written = []
+    remove_stale_temporaries(out_dir.parent, out_dir.name)
     with staging_area(out_dir.parent, f"{out_dir.name}.export") as stage:
         for case, dose, grid, ct_header, plan in jobs:
             write_rtdose(stage / case / f"RTDOSE_{case}.dcm", build_rtdose(dose, grid, ct_header, plan))

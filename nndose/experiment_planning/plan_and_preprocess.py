@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from nndose.errors import NndoseError
 from nndose.experiment_planning.fingerprint import compute_fingerprint
 from nndose.experiment_planning.planner import PlannerOptions, plan_experiment
-from nndose.io.atomic import atomic_write, atomic_write_json
+from nndose.io.atomic import atomic_write, atomic_write_json, remove_stale_temporaries
 from nndose.io.layout import DATASET_JSON, FINGERPRINT_FILE, PLANS_FILE
 from nndose.io.raw_dataset import load_dataset_json
 from nndose.paths import preprocessed_root, raw_root, require_dataset
 from nndose.plans import CONFIGURATIONS, Plans, save_plans
 from nndose.preprocessing.preprocess_dataset import preprocess_dataset
-from nndose.verification import verify_dataset
+from nndose.kill_points import kill_point
+from nndose.verification import split_overlap, verify_dataset
 
 CROP_MARGIN_MM = 10.0
 
@@ -54,7 +55,11 @@ def plan_and_preprocess(dataset_id: int, options: PlannerOptions = PlannerOption
             for p in problems:
                 sys.stderr.write(f"nndose_plan_and_preprocess: {p}\n")
             raise NndoseError(f"{raw.name}: {len(problems)} problem(s) found; nothing was written")
+    problems = split_overlap(raw)
+    if problems:
+        raise NndoseError(problems[0])
     out = preprocessed_root() / raw.name
+    remove_stale_temporaries(out)
     fingerprint = compute_fingerprint(raw, CROP_MARGIN_MM, run.num_processes, run.progress)
     plans = plan_experiment(fingerprint, info, options)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,6 +73,7 @@ def plan_and_preprocess(dataset_id: int, options: PlannerOptions = PlannerOption
             folder = preprocess_dataset(raw, info, plans, name, out, run.num_processes, run.progress)
             done.add(plans.configurations[name].data_identifier)
             run.log(f"{folder}: preprocessed ({name})")
+            kill_point("plan_and_preprocess:data_published")
     save_plans(out / PLANS_FILE, plans)
     run.log(f"{out / PLANS_FILE}: configurations {', '.join(plans.configurations)}")
     return plans

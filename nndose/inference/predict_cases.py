@@ -13,10 +13,11 @@ from tqdm import tqdm
 
 from nndose.errors import NndoseError
 from nndose.inference.predictor import DosePredictor
-from nndose.io.atomic import replace_path, staging_area
+from nndose.io.atomic import remove_stale_temporaries, replace_path, staging_area
 from nndose.io.layout import CT_FILE, PLAN_FILE, SPREAD_DIR, check_case_name, prediction_path, spread_path
 from nndose.io.raw_dataset import check_case_files, list_cases, load_case
 from nndose.io.volumes import write_volume
+from nndose.kill_points import kill_point
 
 
 def predict_folder(in_dir: Path, out_dir: Path, predictor: DosePredictor, save_spread: bool = False,
@@ -55,6 +56,8 @@ def predict_cases(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor
     names = [check_case_name(Path(c).name) for c in case_dirs]
     if len(set(names)) != len(names):
         raise NndoseError("two input cases share a name; every case needs its own")
+    remove_stale_temporaries(out_dir.parent, out_dir.name)   # what a killed run left
+    remove_stale_temporaries(out_dir)
     for c in case_dirs:   # the quick checks first: a bad case fails in seconds, not after the others
         problems = check_case_files(c, predictor.info, require_dose=False)
         if problems:
@@ -67,6 +70,7 @@ def predict_cases(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor
             write_volume(prediction_path(stage, case.name), dose, case.grid)
             if save_spread:
                 write_volume(spread_path(stage, case.name), spread, case.grid)
+            kill_point("predict:case_staged")
         for name in names:
             replace_path(prediction_path(stage, name), prediction_path(out_dir, name))
             if save_spread:

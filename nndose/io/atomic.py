@@ -7,6 +7,7 @@ so that a later run can tell a leftover of a killed process from one still in us
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,6 +16,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from nndose.errors import DiskFull, NndoseError
 
 
 def _umask() -> int:
@@ -29,8 +32,24 @@ def _respect_umask(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def atomic_write(path: Path | str, writer: Callable[[Path], None]) -> None:
-    """Call writer(tmp_path), then rename tmp_path onto path; the tmp file is removed on failure.
+LOW_SPACE_BYTES = 1 << 20
+
+
+def disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space: the error says so, or the device is (nearly) full
+    (torch, blosc2 and friends report a full disk as a generic RuntimeError)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return "No space left" in str(exc) or shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def atomic_write(path: Path | str, writer: Callable[[Path], None], verify: Callable[[Path], None] | None = None) -> None:
+    """Call writer(tmp_path), check what it wrote (not empty; `verify(tmp_path)` when given, for writers
+    that do not report errors, e.g. SimpleITK on a full disk), then rename tmp_path onto path. On any
+    failure the tmp file is removed and `path` is untouched; a full disk is a one-line NndoseError.
 
     The temporary name keeps the final suffix (e.g. .nii.gz), so format-by-extension writers work.
     """
@@ -43,9 +62,16 @@ def atomic_write(path: Path | str, writer: Callable[[Path], None]) -> None:
     try:
         _respect_umask(tmp_path, directory=False)
         writer(tmp_path)
+        if tmp_path.stat().st_size == 0:
+            raise OSError(errno.EIO, "nothing was written", str(path))
+        if verify is not None:
+            verify(tmp_path)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(e, Exception) and not isinstance(e, NndoseError) and disk_full(e, path.parent):
+            raise DiskFull(f"{path}: no space left on the device ({shutil.disk_usage(path.parent).free // 1024} KiB free); "
+                              f"nothing was written: free some space and run again") from None
         raise
 
 
@@ -86,8 +112,8 @@ def staging_area(parent: Path | str, label: str = "staging") -> Iterator[Path]:
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{label}.{os.getpid()}.", suffix=".partial", dir=parent))
-    _respect_umask(stage, directory=True)
     try:
+        _respect_umask(stage, directory=True)
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -121,13 +147,16 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: Path | str) -> list[Path]:
-    """Remove the temporaries in `folder` (not below) left by processes that no longer run; returns them."""
+def remove_stale_temporaries(folder: Path | str, name: str | None = None) -> list[Path]:
+    """Remove the temporaries in `folder` (not below) left by processes that no longer run, only those
+    of `name` (e.g. an output folder's staging areas in its parent) when given; returns them."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
+        if name is not None and not entry.name.startswith(f".{name}."):
+            continue
         m = _TEMPORARY.match(entry.name)
         if not m or int(m.group(1)) == os.getpid() or process_alive(int(m.group(1))):
             continue

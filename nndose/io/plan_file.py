@@ -13,6 +13,8 @@ from nndose.io.json_file import read_json
 
 MODALITIES = ("IMRT", "VMAT", "3D-CRT")
 ARC_DIRECTIONS = ("CW", "CCW")
+MAX_DOSE_PER_FRACTION_GY = 35.0   # above single-fraction radiosurgery (24-30 Gy)
+MAX_FRACTIONS = 100               # above hyperfractionated courses (e.g. 1.2 Gy twice daily to 81.6 Gy)
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,11 @@ class InvalidPlan(NndoseError):
     """plan.json content that cannot be used; `problems` lists every one found."""
 
     def __init__(self, source: str, problems: list[str]):
-        self.problems = problems
+        self.source, self.problems = source, problems
         super().__init__(f"{source}: " + "; ".join(problems))
+
+    def __reduce__(self):
+        return type(self), (self.source, self.problems)
 
 
 def _number(d: dict, key: str, where: str, problems: list[str], default=None) -> float | None:
@@ -105,6 +110,8 @@ def _angle(d: dict, key: str, where: str, problems: list[str], default=None) -> 
     v = _number(d, key, where, problems, default)
     if v is not None and not (0.0 <= v < 360.0):
         problems.append(f"{where}: {key}={v} outside [0, 360) (IEC 61217 degrees)")
+    elif v is not None and key == "couch_deg" and 90.0 < v < 270.0:
+        problems.append(f"{where}: couch_deg={v} is not a couch rotation a linac reaches (IEC 61217: 0..90 or 270..360)")
     return v
 
 
@@ -147,6 +154,11 @@ def parse_plan(d: object, source: str = "plan.json") -> TreatmentPlan:
             problems.append(f"{where}: dose_gy={dose} outside (0, 200] Gy")
         if fx is not None and (fx < 1 or fx != int(fx)):
             problems.append(f"{where}: fractions={fx} must be a whole number >= 1")
+        elif fx is not None and fx > MAX_FRACTIONS:
+            problems.append(f"{where}: fractions={fx:g} is more than any course has (at most {MAX_FRACTIONS})")
+        elif dose is not None and fx is not None and dose / fx > MAX_DOSE_PER_FRACTION_GY:
+            problems.append(f"{where}: {dose:g} Gy in {fx:g} fraction(s) is {dose / fx:.3g} Gy per fraction, "
+                            f"more than {MAX_DOSE_PER_FRACTION_GY:g} Gy (is the dose in cGy, or the fractions missing?)")
         prescriptions.append(Prescription(p["structure"], dose or 1.0, int(fx or 1)))
     names = [p.structure for p in prescriptions]
     if len(set(names)) != len(names):

@@ -117,6 +117,33 @@ def _mask_problems(name: str, rel: str, arr: np.ndarray) -> list[str]:
     return []
 
 
+MIN_D95_OVER_RX, MAX_D95_OVER_RX = 0.3, 1.5   # a target's D95 against its prescription (OpenKBP pt_131: 0.45)
+MAX_DOSE_OVER_RX = 1.5                          # the maximum dose against the highest prescription
+
+
+def dose_problems(dose_gy: np.ndarray, structures: dict[str, np.ndarray], plan: TreatmentPlan, where: str) -> list[str]:
+    """A planned dose that cannot belong to its prescriptions: zero everywhere, a target's D95 off by
+    more than a factor 1.5 (or about 100 x: a dose in cGy), a maximum above 1.5 x the highest one."""
+    peak = float(dose_gy.max())
+    if peak <= 0:
+        return [f"{where}: the dose is zero everywhere"]
+    problems = []
+    for p in plan.prescriptions:
+        if p.structure in structures and structures[p.structure].any():
+            d95 = float(np.percentile(dose_gy[structures[p.structure]], 5))
+            ratio = d95 / p.dose_gy
+            if 50 <= ratio <= 150:
+                return [f"{where}: {p.structure} receives {d95:.4g} (D95), about 100 x its prescription of {p.dose_gy:g} Gy: "
+                        f"is the dose in cGy? nndose reads Gy"]
+            if not MIN_D95_OVER_RX <= ratio <= MAX_D95_OVER_RX:
+                problems.append(f"{where}: {p.structure} D95 is {d95:.3g} Gy, {ratio:.2g} x its prescription of "
+                                f"{p.dose_gy:g} Gy (a planned dose lies within {MIN_D95_OVER_RX:g} to {MAX_D95_OVER_RX:g} x)")
+    if peak > MAX_DOSE_OVER_RX * plan.reference_dose_gy:
+        problems.append(f"{where}: maximum dose {peak:.4g} Gy is over {MAX_DOSE_OVER_RX:g} x the highest prescription "
+                        f"({plan.reference_dose_gy:g} Gy)")
+    return problems
+
+
 def _plan_and_structure_files(case_dir: Path, info: DatasetInfo) -> tuple[TreatmentPlan | None, dict[str, Path], list[str]]:
     """plan.json and the case's structure files by name, without reading any voxel."""
     c = case_dir.name
@@ -227,6 +254,8 @@ def read_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> tuple[Ra
                 problems.append(f"{c}/{PLAN_FILE}: prescribed target {p.structure} has no mask in {STRUCTURES_DIR}/")
         if grid is not None and not grid.contains_point(plan.isocenter_mm):
             problems.append(f"{c}/{PLAN_FILE}: isocenter {list(plan.isocenter_mm)} lies outside the CT volume")
+    if not problems and dose is not None:
+        problems += dose_problems(dose, structures, plan, f"{c}/{DOSE_FILE}{ending}")
     if problems:
         return None, problems
     return RawCase(c, grid, ct, dose, structures, plan), []

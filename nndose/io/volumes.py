@@ -5,6 +5,7 @@ with spacing and origin in (x, y, z) order and the 3x3 direction matrix (columns
 """
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +150,8 @@ def read_volume(path: Path | str, dtype=np.float32) -> tuple[np.ndarray, Grid]:
 
 
 def write_volume(path: Path | str, array: np.ndarray, grid: Grid) -> None:
-    """Write atomically; the array must be (z, y, x) and match grid.shape_zyx."""
+    """Write atomically; the array must be (z, y, x) and match grid.shape_zyx. SimpleITK's writer does
+    not report a full disk, so the file is read back whole before it is published."""
     array = np.asarray(array)
     if tuple(array.shape) != tuple(grid.shape_zyx):
         raise ValueError(f"array shape {array.shape} does not match grid {grid.shape_zyx}")
@@ -157,4 +159,12 @@ def write_volume(path: Path | str, array: np.ndarray, grid: Grid) -> None:
     image.SetSpacing(grid.spacing_xyz)
     image.SetOrigin(grid.origin_xyz)
     image.SetDirection(grid.direction)
-    atomic_write(path, lambda p: sitk.WriteImage(image, str(p), useCompression=True))
+
+    def verify(p: Path) -> None:
+        try:
+            back, _ = read_volume(p, dtype=array.dtype)
+        except FileProblem:
+            raise OSError(errno.EIO, "the written volume does not read back (truncated)", str(path)) from None
+        if back.shape != array.shape:
+            raise OSError(errno.EIO, "the written volume does not read back whole", str(path))
+    atomic_write(path, lambda p: sitk.WriteImage(image, str(p), useCompression=True), verify)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.multiprocessing.spawn import ProcessRaisedException
 
 from nndose.devices import resolve_device
 from nndose.errors import NndoseError
-from nndose.io.atomic import atomic_write
+from nndose.io.atomic import atomic_write, remove_stale_temporaries
 from nndose.io.layout import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, MODEL_FILES, MODEL_PLANS_FILE, PLANS_FILE, check_fold,
                               fold_folder, model_folder, trainer_identifier)
 from nndose.paths import preprocessed_root, require_dataset, results_root
@@ -135,23 +136,39 @@ def train_fold(run: TrainingRun) -> Path:
     dev = resolve_device(run.device)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     job = _Job(cls, plans, run.configuration, run.fold, pre, out, dev.type, run.settings(), run.resume)
-    with fold_lock(out, enabled=rank == 0):
-        train = begin_fold(out, run, clear=rank == 0)   # every rank reads the same fold folder (shared file system)
-        if train:
+    try:
+        with fold_lock(out, enabled=rank == 0):
+            if rank == 0:   # what a killed run left: half-written checkpoints, plots, plans
+                remove_stale_temporaries(out)
+                remove_stale_temporaries(model_dir)
+            train = begin_fold(out, run, clear=rank == 0)   # every rank reads the same fold folder (shared file system)
+            if train:
+                if rank == 0:
+                    prepare_model_folder(model_dir, pre, plans)
+                _train(job, run, dev, rank, world)
             if rank == 0:
                 prepare_model_folder(model_dir, pre, plans)
-            if world > 1:  # started by torchrun
-                _worker(rank, world, None, job)
-            elif run.num_gpus > 1:
-                if dev.type == "cuda" and torch.cuda.device_count() < run.num_gpus:
-                    raise NndoseError(f"-num_gpus {run.num_gpus}: only {torch.cuda.device_count()} CUDA device(s)")
-                torch.multiprocessing.spawn(_worker, args=(run.num_gpus, _free_port(), job), nprocs=run.num_gpus, join=True)
-            else:
-                start_training(cls(plans, run.configuration, run.fold, pre, out, dev, job.settings), run.resume)
-        if rank == 0:
-            prepare_model_folder(model_dir, pre, plans)
-            validate_fold(model_dir, run.configuration, run.fold, pre, dev)
+                validate_fold(model_dir, run.configuration, run.fold, pre, dev)
+    except BaseException:
+        for folder in (out, model_dir, model_dir.parent):   # a run that failed before writing leaves no empty folders
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     return out
+
+
+def _train(job: _Job, run: TrainingRun, dev: torch.device, rank: int, world: int) -> None:
+    if world > 1:  # started by torchrun
+        _worker(rank, world, None, job)
+    elif run.num_gpus > 1:
+        if dev.type == "cuda" and torch.cuda.device_count() < run.num_gpus:
+            raise NndoseError(f"-num_gpus {run.num_gpus}: only {torch.cuda.device_count()} CUDA device(s)")
+        try:
+            torch.multiprocessing.spawn(_worker, args=(run.num_gpus, _free_port(), job), nprocs=run.num_gpus, join=True)
+        except ProcessRaisedException as e:   # a rank's one-line error, not its traceback
+            raise NndoseError(f"a training process failed: {str(e).strip().splitlines()[-1]}") from None
+    else:
+        start_training(job.cls(job.plans, job.config, job.fold, job.preprocessed, job.out, dev, job.settings), run.resume)
 
 
 def _clear_fold(out: Path) -> None:

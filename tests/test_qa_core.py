@@ -2,12 +2,15 @@
 
 Every expected number below is worked out by hand from the doses the test builds (uniform or two-level
 doses, so each DVH point is one of the levels; np.percentile interpolates between equal values)."""
+import csv
+import json
 
 import numpy as np
 import pytest
 
 from nndose.errors import NndoseError
 from nndose.qa.compare import Tolerance, compare_case, rank_cases
+from nndose.qa.tables import write_case_outputs, write_cohort_outputs
 
 VOXEL_MM3 = 1000.0  # 1 cc voxels: D0.1cc is the top voxel, n = max(1, round(100 / 1000)) = 1
 SHAPE = (2, 8, 10)
@@ -167,3 +170,33 @@ def _cohort():
 def test_cohort_ranks_by_sparing_left():
     ranked = rank_cases(_cohort())
     assert [(c.case, c.sparing_left_gy) for c in ranked] == [("case_b", 4.0), ("case_c", 1.5), ("case_a", 0.0)]
+
+
+def test_qa_csv_and_json(tmp_path):
+    qa, *_ = _hand_case()
+    write_case_outputs(qa, tmp_path)
+    with open(tmp_path / "qa.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = {r["structure"]: r for r in reader}
+    assert reader.fieldnames[:5] == ["case", "structure", "kind", "flagged", "reason"]
+    assert len(reader.fieldnames) == 5 + 4 * 9  # 9 metrics: 7 of organs, D95 and D98 of targets (D2 is shared)
+    assert "V30Gy_upper" in reader.fieldnames and "D98_lower" in reader.fieldnames
+    rectum = rows["Rectum"]
+    assert (rectum["case"], rectum["kind"], rectum["flagged"]) == ("case", "oar", "true")
+    fields = ("clinical", "predicted", "lower", "upper")
+    assert [float(rectum[f"Dmean_{f}"]) for f in fields] == [27.0, 22.0, 21.0, 23.0]
+    assert [float(rectum[f"V30Gy_{f}"]) for f in fields] == [50.0, 0.0, 0.0, 0.0]
+    assert rectum["D95_clinical"] == "" and rectum["reason"].startswith("Dmean 27.0 Gy vs predicted 22.0 Gy")
+    assert rows["PTV"]["flagged"] == "false" and rows["PTV"]["Dmean_clinical"] == ""
+    assert float(rows["PTV"]["D95_lower"]) == 59.0 and rows["Bladder"]["flagged"] == "false"
+    data = json.loads((tmp_path / "qa.json").read_text())
+    assert data["flagged_organs"] == ["Rectum"] and data["sparing_left_gy"] == 4.0
+    dmean = next(m for s in data["structures"] if s["name"] == "Rectum" for m in s["metrics"] if m["name"] == "Dmean")
+    assert (dmean["excess"], dmean["flagged"], dmean["tolerance"]) == pytest.approx((5.0, True, 1.8))
+
+    write_cohort_outputs(_cohort(), tmp_path / "cohort")
+    with open(tmp_path / "cohort" / "qa.csv", newline="") as f:
+        cases = [r["case"] for r in csv.DictReader(f)]
+    assert cases == ["case_b"] * 3 + ["case_c"] * 3 + ["case_a"] * 3
+    ranking = json.loads((tmp_path / "cohort" / "qa.json").read_text())["ranking"]
+    assert [r["case"] for r in ranking] == ["case_b", "case_c", "case_a"]

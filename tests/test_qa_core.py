@@ -2,14 +2,18 @@
 
 Every expected number below is worked out by hand from the doses the test builds (uniform or two-level
 doses, so each DVH point is one of the levels; np.percentile interpolates between equal values)."""
+import base64
 import csv
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
 from nndose.errors import NndoseError
 from nndose.qa.compare import Tolerance, compare_case, rank_cases
+from nndose.qa.report import FLAG_COLOR, write_case_report, write_cohort_report
 from nndose.qa.tables import write_case_outputs, write_cohort_outputs
 
 VOXEL_MM3 = 1000.0  # 1 cc voxels: D0.1cc is the top voxel, n = max(1, round(100 / 1000)) = 1
@@ -200,3 +204,64 @@ def test_qa_csv_and_json(tmp_path):
     assert cases == ["case_b"] * 3 + ["case_c"] * 3 + ["case_a"] * 3
     ranking = json.loads((tmp_path / "cohort" / "qa.json").read_text())["ranking"]
     assert [r["case"] for r in ranking] == ["case_b", "case_c", "case_a"]
+
+
+def _report(tmp_path, name="case"):
+    qa, clinical, folds, masks = _hand_case(name)
+    ct = np.where(masks["Body"], 0.0, -1000.0)
+    ct[:, :, 0] = -1000.0
+    path = tmp_path / "report.html"
+    write_case_report(qa, clinical, folds, masks, ct, path)
+    return path.read_text()
+
+
+def test_case_report_is_self_contained_with_the_flags_first(tmp_path):
+    html = _report(tmp_path)
+    flags, first_image = html.index('<table class="flags">'), html.index("<img")
+    assert flags < html.index('<table class="metrics">') < first_image
+    table = html[flags:html.index("</table>", flags)]
+    assert table.count('<tr class="flagged">') == 1 and '<tr class="flagged"><td>Rectum</td>' in table
+    assert "1 organ at risk flagged</b> (Rectum)" in html
+    images = html.split('src="data:image/png;base64,')[1:]
+    assert len(images) == 2  # the DVH overlay and the rectum's slices
+    assert all(base64.b64decode(i.split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    for external in ("http://", "https://", 'src="/', "<script", "<link"):
+        assert external not in html
+
+
+def test_names_are_escaped(tmp_path):
+    html = _report(tmp_path, name='pt<1>&"x"')
+    assert "pt&lt;1&gt;&amp;&quot;x&quot;" in html and "pt<1>" not in html
+
+
+def test_cohort_page_lists_cases_in_ranking_order(tmp_path):
+    path = tmp_path / "index.html"
+    write_cohort_report(_cohort(), path, {c: f"{c}/report.html" for c in ("case_a", "case_b", "case_c")})
+    html = path.read_text()
+    b, c, a = (html.index(f'href="{n}/report.html"') for n in ("case_b", "case_c", "case_a"))
+    assert b < c < a
+    assert '<td class="num">1</td><td><a href="case_b/report.html">case_b</a></td>' in html
+    assert '<td class="num">4.00</td>' in html  # case_b's sparing left
+    for external in ("http://", "https://", 'src="/'):
+        assert external not in html
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.slow
+def test_case_report_renders_in_headless_chromium(tmp_path):
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    import matplotlib.image
+
+    _report(tmp_path)
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
+                    (tmp_path / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (2000, 1280) and pixels.std() > 0.1
+    highlight = np.array([int(FLAG_COLOR[k:k + 2], 16) / 255 for k in (1, 3, 5)])
+    assert np.count_nonzero(np.abs(pixels - highlight).max(-1) < 3 / 255) > 2000  # the rectum's flagged rows

@@ -1,10 +1,12 @@
 """The built-in phantom dataset: sites, prescriptions, modalities, physics of its dose, determinism."""
+import hashlib
+
 import numpy as np
 import pytest
 
 from nndose.cli.generate_phantoms import main as generate_main
 from nndose.datasets.phantom_anatomy import SITES
-from nndose.datasets.phantom_dose_engine import STYLES
+from nndose.datasets.phantom_dose_engine import STYLES, degraded
 from nndose.datasets.phantoms import make_case
 from nndose.io.volumes import read_volume
 from nndose.verification import verify_dataset
@@ -91,3 +93,45 @@ def test_generate_refuses_unknown_site_or_modality(nndose_env, capsys):
         code, _, err = run_command(generate_main, ["-d", "9", "-n", "3", option, value], capsys)
         assert code == 2 and value in err and len(err.strip().splitlines()) == 1
         assert tree(nndose_env["nndose_raw"]) == set()
+
+
+# sha256 of make_case(i, 0, STYLES["standard"])'s dose, computed with the engine before organ_weights existed
+_DOSE_SHA256 = {0: "cdd50d8d7bb51c4910a0fb62c4ef112dbe1348f17598fe8eb9b21382198e2490",  # head_neck IMRT
+                1: "0f0a378f26f87ca5b1df0c17b7444beb90546a059379aa7de18e431ee95905a4",  # prostate VMAT
+                2: "e8a596b64900d408c134bcdb11a804e7e29179b158e2836c46c6638e5ecf587d",  # lung IMRT
+                3: "4954b055e5152f047f45e3a30913256f2c2702876db973cecb6ae92c5481491b",  # liver VMAT
+                4: "3a86d509c847ba8f4c5f7ba6f0dbc7cb7a318247659f60aa8e90e251b1e77aeb"}  # head_neck 3D-CRT
+
+
+def test_default_style_dose_is_unchanged_by_organ_weights(cases):
+    for i, digest in _DOSE_SHA256.items():
+        assert hashlib.sha256(cases[i][2].tobytes()).hexdigest() == digest, i
+    # an override equal to the default weight plans exactly the same dose
+    same = degraded(STYLES["standard"], "Parotid_L", STYLES["standard"].oar_weight)
+    assert np.array_equal(make_case(0, 0, same)[2], cases[0][2])
+
+
+def test_degraded_style_overrides_one_organ_and_keeps_the_others():
+    style = degraded(degraded(STYLES["sparing"], "Rectum", 0.0), "Bladder", 1.0)
+    assert style.organ_weights == (("Rectum", 0.0), ("Bladder", 1.0))
+    assert degraded(style, "Rectum", 0.5).organ_weights == (("Bladder", 1.0), ("Rectum", 0.5))
+    assert (style.organ_weight("Rectum"), style.organ_weight("Bladder"), style.organ_weight("Heart")) == (0.0, 1.0, 3.0)
+    assert style.oar_weight == 3.0 and style.normal_tissue_weight == 0.3 and style.name != "sparing"
+
+
+def test_unspared_rectum_gets_more_dose_while_the_target_keeps_its_prescription():
+    # prostate IMRT, 60 Gy to PTV_high, 7 beams. Measured Dmean (Gy), standard -> rectum weight 0:
+    # Rectum 8.50 -> 15.33 (+6.83); Bladder 1.62 -> 2.86 (+1.24); FemoralHead_L 6.52 -> 3.23 (-3.29);
+    # FemoralHead_R 4.28 -> 2.26 (-2.02): the optimizer trades the femoral heads' dose onto the rectum.
+    kw = dict(sites=("prostate",), modalities=("IMRT",))
+    anatomy, plan, standard = make_case(0, 0, STYLES["standard"], **kw)
+    worse = make_case(0, 0, degraded(STYLES["standard"], "Rectum", 0.0), **kw)[2]
+    assert plan.modality == "IMRT" and [(p.structure, p.dose_gy) for p in plan.prescriptions] == [("PTV_high", 60.0)]
+    s = anatomy.structures
+    change = {o: float(worse[s[o]].mean() - standard[s[o]].mean())
+              for o in ("Rectum", "Bladder", "FemoralHead_L", "FemoralHead_R")}
+    assert change["Rectum"] > 6.0
+    assert np.percentile(worse[s["PTV_high"]], 5) == pytest.approx(60.0, rel=1e-3)
+    others = [change[o] for o in ("Bladder", "FemoralHead_L", "FemoralHead_R")]
+    assert max(abs(c) for c in others) < 0.5 * change["Rectum"]   # 3.29 < 3.42
+    assert max(others) < 0.2 * change["Rectum"]                   # no other organ rises more than 1.24 Gy

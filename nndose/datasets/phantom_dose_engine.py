@@ -13,7 +13,7 @@ prescription (D95 = Rx).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage, optimize
@@ -27,7 +27,10 @@ from nndose.io.volumes import Grid
 
 @dataclass(frozen=True)
 class PlanningStyle:
-    """Knobs of the optimizer; a second style (e.g. stronger organ sparing) makes a new planning style."""
+    """Knobs of the optimizer; a second style (e.g. stronger organ sparing) makes a new planning style.
+
+    `organ_weights`: (organ, weight) pairs overriding `oar_weight` for the named organs (e.g. weight 0
+    plans deliberately without sparing that organ)."""
     name: str = "standard"
     oar_weight: float = 0.35
     normal_tissue_weight: float = 0.08
@@ -39,6 +42,16 @@ class PlanningStyle:
     arc_sector_deg: float = 40.0
     arc_smoothness: float = 0.5
     rows_per_group: int = 2500
+    organ_weights: tuple[tuple[str, float], ...] = ()
+
+    def organ_weight(self, organ: str) -> float:
+        return dict(self.organ_weights).get(organ, self.oar_weight)
+
+
+def degraded(style: PlanningStyle, organ: str, weight: float) -> PlanningStyle:
+    """`style` with `organ` weighted `weight` in the optimizer (other overrides kept), named after it."""
+    weights = tuple((o, w) for o, w in style.organ_weights if o != organ) + ((organ, float(weight)),)
+    return replace(style, name=f"{style.name}_{organ}_{weight:g}", organ_weights=weights)
 
 
 STYLES = {"standard": PlanningStyle(),
@@ -107,7 +120,7 @@ def compute_dose(ct_hu: np.ndarray, grid: Grid, structures: dict[str, np.ndarray
     if modulated:
         for o in blockable:
             idx = _sample(np.flatnonzero((structures[o] & ~target_union).ravel()), style.rows_per_group // 2, rng)
-            rows.append(idx); goals.append(np.zeros(len(idx))); weights.append(np.full(len(idx), style.oar_weight))
+            rows.append(idx); goals.append(np.zeros(len(idx))); weights.append(np.full(len(idx), style.organ_weight(o)))
     ring = ndimage.distance_transform_edt(~target_union, sampling=grid.spacing_zyx)
     normal = body & ~target_union & (ring > 10.0)
     idx = _sample(np.flatnonzero(normal.ravel()), style.rows_per_group, rng)

@@ -1,0 +1,216 @@
+"""Plan QA: per structure, the clinical DVH values against the ensemble prediction and its fold interval.
+
+Predicted value = the metric of the ensemble mean dose; interval = [min, max] of the metric over the
+folds, widened to hold the predicted value (one fold: the point). A metric is flagged when the clinical
+value is worse than predicted by more than the tolerance and lies outside the interval on the worse
+side. Organs at risk: Dmean, D0.1cc, D2 and V5/V20/V30/V40 Gy (% of the volume), higher is worse.
+Targets: D95 and D98 (coverage, lower is worse) and D2 (hot spot, higher is worse).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from nndose.errors import NndoseError
+from nndose.evaluation.metrics import dvh_points
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A dose value (Gy) differs meaningfully when the difference exceeds
+    min(gy, percent / 100 * reference_dose_gy), the reference dose being the case's highest
+    prescription: "2 Gy or 3 % of the prescription, whichever is smaller". A volume value (V-x, in %
+    of the organ volume) differs meaningfully when the difference exceeds `percent` percentage points.
+    """
+    gy: float = 2.0
+    percent: float = 3.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.gy) and math.isfinite(self.percent) and self.gy >= 0 and self.percent >= 0):
+            raise NndoseError(f"tolerance {self.gy} Gy / {self.percent} % must be finite and not negative")
+
+    def for_unit(self, unit: str, reference_dose_gy: float) -> float:
+        """The tolerance of a value in `unit` ("Gy" or "%")."""
+        return min(self.gy, self.percent / 100.0 * reference_dose_gy) if unit == "Gy" else self.percent
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    unit: str  # "Gy" or "%"
+    higher_is_worse: bool
+
+
+OAR_METRICS = (MetricSpec("Dmean", "Gy", True), MetricSpec("D0.1cc", "Gy", True), MetricSpec("D2", "Gy", True),
+               *(MetricSpec(f"V{v}Gy", "%", True) for v in (5, 20, 30, 40)))
+TARGET_METRICS = (MetricSpec("D95", "Gy", False), MetricSpec("D98", "Gy", False), MetricSpec("D2", "Gy", True))
+METRICS = {"target": TARGET_METRICS, "oar": OAR_METRICS}
+METRIC_NAMES = tuple(dict.fromkeys(m.name for m in OAR_METRICS + TARGET_METRICS))  # every metric, once
+
+
+@dataclass(frozen=True)
+class MetricQA:
+    name: str
+    unit: str
+    higher_is_worse: bool
+    clinical: float
+    predicted: float
+    lower: float
+    upper: float
+    excess: float  # clinical worse than predicted by this much (negative: better)
+    tolerance: float
+    flagged: bool
+    reason: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StructureQA:
+    name: str
+    kind: str
+    metrics: tuple[MetricQA, ...]
+
+    @property
+    def flagged(self) -> bool:
+        return any(m.flagged for m in self.metrics)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(m.reason for m in self.metrics if m.flagged)
+
+    def metric(self, name: str) -> MetricQA | None:
+        return next((m for m in self.metrics if m.name == name), None)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "flagged": self.flagged, "reason": self.reason,
+                "metrics": [m.to_json() for m in self.metrics]}
+
+
+@dataclass(frozen=True)
+class CaseQA:
+    case: str
+    reference_dose_gy: float
+    tolerance: Tolerance
+    structures: tuple[StructureQA, ...]
+
+    @property
+    def flagged_organs(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.structures if s.kind == "oar" and s.flagged)
+
+    @property
+    def flagged_targets(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.structures if s.kind == "target" and s.flagged)
+
+    @property
+    def n_flagged_organs(self) -> int:
+        return len(self.flagged_organs)
+
+    @property
+    def sparing_left_gy(self) -> float:
+        """Sum over organs at risk of max(0, clinical Dmean - upper end of the predicted Dmean)."""
+        return float(sum(max(0.0, m.clinical - m.upper) for s in self.structures if s.kind == "oar"
+                         for m in s.metrics if m.name == "Dmean"))
+
+    def structure(self, name: str) -> StructureQA | None:
+        return next((s for s in self.structures if s.name == name), None)
+
+    def to_json(self) -> dict:
+        return {"case": self.case, "reference_dose_gy": self.reference_dose_gy,
+                "tolerance": {"gy": self.tolerance.gy, "percent": self.tolerance.percent},
+                "n_flagged_organs": self.n_flagged_organs, "flagged_organs": list(self.flagged_organs),
+                "flagged_targets": list(self.flagged_targets), "sparing_left_gy": self.sparing_left_gy,
+                "structures": [s.to_json() for s in self.structures]}
+
+
+def _reason(spec: MetricSpec, clinical: float, predicted: float, lower: float, upper: float, excess: float,
+            tolerance: float, flagged: bool) -> str:
+    u = spec.unit if spec.unit == "Gy" else "percentage points"
+    head = f"{spec.name} {clinical:.1f} {spec.unit} vs predicted {predicted:.1f} {spec.unit} [{lower:.1f}, {upper:.1f}]"
+    if flagged:
+        return f"{head}: {excess:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than achievable"
+    if excess <= 0:
+        return f"{head}: no worse than predicted"
+    if excess <= tolerance:
+        return f"{head}: within the {tolerance:.1f} {u} tolerance"
+    return f"{head}: inside the folds' interval"
+
+
+def compare_metric(spec: MetricSpec, clinical: float, predicted: float, fold_values: list[float],
+                   tolerance: float) -> MetricQA:
+    """One metric: the interval of the folds (widened to hold `predicted`) and the flag rule."""
+    lower, upper = min(min(fold_values), predicted), max(max(fold_values), predicted)
+    if spec.higher_is_worse:
+        excess = clinical - predicted
+        flagged = excess > tolerance and clinical > upper
+    else:
+        excess = predicted - clinical
+        flagged = excess > tolerance and clinical < lower
+    return MetricQA(spec.name, spec.unit, spec.higher_is_worse, clinical, predicted, lower, upper, excess,
+                    tolerance, flagged, _reason(spec, clinical, predicted, lower, upper, excess, tolerance, flagged))
+
+
+def compare_structure(name: str, kind: str, clinical_gy: np.ndarray, predicted_gy: np.ndarray,
+                      fold_predictions_gy: list[np.ndarray], voxel_mm3: float, tolerance: Tolerance,
+                      reference_dose_gy: float) -> StructureQA:
+    """One structure from the dose values inside it (1-D arrays: clinical, ensemble mean, each fold)."""
+    clinical = dvh_points(clinical_gy, kind, voxel_mm3)
+    predicted = dvh_points(predicted_gy, kind, voxel_mm3)
+    folds = [dvh_points(f, kind, voxel_mm3) for f in fold_predictions_gy]
+    return StructureQA(name, kind, tuple(
+        compare_metric(m, clinical[m.name], predicted[m.name], [f[m.name] for f in folds],
+                       tolerance.for_unit(m.unit, reference_dose_gy)) for m in METRICS[kind]))
+
+
+def ensemble_mean(fold_predictions_gy: list[np.ndarray]) -> np.ndarray:
+    """The mean of the fold predictions (float64)."""
+    if not fold_predictions_gy:
+        raise NndoseError("no fold predictions to compare with")
+    return sum(np.asarray(f, np.float64) for f in fold_predictions_gy) / len(fold_predictions_gy)
+
+
+def _check(clinical_gy: np.ndarray, fold_predictions_gy: list[np.ndarray], structures: dict[str, np.ndarray],
+           prescriptions_gy: dict[str, float], voxel_mm3: float) -> None:
+    if not fold_predictions_gy:
+        raise NndoseError("no fold predictions to compare with")
+    if not prescriptions_gy:
+        raise NndoseError("no prescription given: the tolerance needs the case's highest prescription")
+    if not (voxel_mm3 > 0 and math.isfinite(voxel_mm3)):
+        raise NndoseError(f"voxel volume {voxel_mm3} mm^3 is not a positive number")
+    arrays = [("the clinical dose", clinical_gy)]
+    arrays += [(f"fold prediction {k}", f) for k, f in enumerate(fold_predictions_gy)]
+    for what, a in arrays + [(f"structure {n}", m) for n, m in structures.items()]:
+        if np.shape(a) != np.shape(clinical_gy):
+            raise NndoseError(f"{what} has shape {np.shape(a)}, the clinical dose {np.shape(clinical_gy)}")
+    for what, a in arrays:
+        if not np.isfinite(a).all():
+            raise NndoseError(f"{what} holds NaN or infinite values")
+
+
+def compare_case(case: str, clinical_gy: np.ndarray, fold_predictions_gy: list[np.ndarray],
+                 structures: dict[str, np.ndarray], kinds: dict[str, str], prescriptions_gy: dict[str, float],
+                 voxel_mm3: float, tolerance: Tolerance = Tolerance()) -> CaseQA:
+    """Plan QA of one case; all arrays on one grid, doses in Gy. Targets first, then organs at risk,
+    each in the order of `structures`; body, unknown kinds and empty masks are skipped."""
+    _check(clinical_gy, fold_predictions_gy, structures, prescriptions_gy, voxel_mm3)
+    reference_dose_gy = float(max(prescriptions_gy.values()))
+    mean = ensemble_mean(fold_predictions_gy)
+    clinical = np.asarray(clinical_gy)
+    folds = [np.asarray(f) for f in fold_predictions_gy]
+    out = []
+    for kind in ("target", "oar"):
+        for name, mask in structures.items():
+            mask = np.asarray(mask, bool)
+            if kinds.get(name) != kind or not mask.any():
+                continue
+            out.append(compare_structure(name, kind, clinical[mask], mean[mask], [f[mask] for f in folds],
+                                         voxel_mm3, tolerance, reference_dose_gy))
+    return CaseQA(case, reference_dose_gy, tolerance, tuple(out))
+
+
+def rank_cases(case_qas: list[CaseQA]) -> list[CaseQA]:
+    """Cases by sparing left (sum of organ Dmean above the predicted interval), largest first."""
+    return sorted(case_qas, key=lambda c: (-c.sparing_left_gy, c.case))

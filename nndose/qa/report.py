@@ -1,0 +1,127 @@
+"""Self-contained HTML plan-QA reports: a page per case and a cohort index ranking the plans.
+
+Inline CSS, every figure a PNG in a data: URI, every name escaped; nothing external, no JavaScript.
+Case page: title, the flags, all metrics, DVH overlays with the folds' band, and dose / difference
+slices through every flagged structure.
+"""
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from nndose.errors import NndoseError
+from nndose.io.atomic import atomic_write_text
+from nndose.qa.compare import CaseQA, ensemble_mean, rank_cases
+from nndose.qa.figures import dvh_png, slice_png
+
+FLAG_COLOR = "#ffc8c8"  # background of a flagged row
+STYLE = f"""
+body {{ font-family: sans-serif; margin: 24px; color: #222; background: #fff; }}
+table {{ border-collapse: collapse; margin: 8px 0 24px; }}
+th, td {{ border: 1px solid #bbb; padding: 3px 8px; text-align: left; font-size: 14px; }}
+th {{ background: #eee; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+tr.flagged td {{ background: {FLAG_COLOR}; }}
+p.summary {{ font-size: 15px; }}
+img {{ max-width: 100%; display: block; margin: 8px 0 16px; }}
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _row(cells: list[str], flagged: bool, numeric: tuple[int, ...] = ()) -> str:
+    tds = "".join(f'<td class="num">{c}</td>' if k in numeric else f"<td>{c}</td>" for k, c in enumerate(cells))
+    return f'<tr class="flagged">{tds}</tr>' if flagged else f"<tr>{tds}</tr>"
+
+
+def _table(header: list[str], rows: list[str], css_class: str) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    return f'<table class="{css_class}"><tr>{head}</tr>\n' + "\n".join(rows) + "\n</table>"
+
+
+def _flag_table(case_qa: CaseQA) -> str:
+    rows = [_row([escape(s.name), escape(s.kind), "yes" if s.flagged else "no",
+                  escape(s.reason) if s.flagged else "within tolerance or the folds' interval"], s.flagged)
+            for s in case_qa.structures]
+    return _table(["structure", "kind", "flagged", "reason"], rows, "flags")
+
+
+def _metrics_table(case_qa: CaseQA) -> str:
+    rows = [_row([escape(s.name), escape(s.kind), escape(m.name), m.unit, f"{m.clinical:.2f}", f"{m.predicted:.2f}",
+                  f"{m.lower:.2f} - {m.upper:.2f}", f"{m.excess:+.2f}", f"{m.tolerance:.2f}",
+                  "higher" if m.higher_is_worse else "lower", "yes" if m.flagged else "no"],
+                 m.flagged, numeric=(4, 5, 6, 7, 8))
+            for s in case_qa.structures for m in s.metrics]
+    return _table(["structure", "kind", "metric", "unit", "clinical", "predicted", "fold interval",
+                   "excess (+ worse)", "tolerance", "worse when", "flagged"], rows, "metrics")
+
+
+def case_report_html(case_qa: CaseQA, clinical_gy: np.ndarray, fold_predictions_gy: list[np.ndarray],
+                     structures: dict[str, np.ndarray], ct_hu: np.ndarray | None = None) -> str:
+    """The case page as one HTML string."""
+    missing = [s.name for s in case_qa.structures if s.name not in structures]
+    if missing:
+        raise NndoseError(f"no mask for structure {missing[0]} of case {case_qa.case}")
+    predicted = ensemble_mean(fold_predictions_gy)
+    tol = case_qa.tolerance
+    n = case_qa.n_flagged_organs
+    flagged = [s for s in case_qa.structures if s.flagged]
+    parts = [f"<h1>Plan QA: {escape(case_qa.case)}</h1>",
+             f'<p class="summary">Reference dose {case_qa.reference_dose_gy:.2f} Gy (highest prescription); '
+             f"<b>{n} organ{'' if n == 1 else 's'} at risk flagged</b>"
+             + (f" ({escape(', '.join(case_qa.flagged_organs))})" if n else "")
+             + (f"; targets flagged: {escape(', '.join(case_qa.flagged_targets))}" if case_qa.flagged_targets else "")
+             + f"; sparing left {case_qa.sparing_left_gy:.2f} Gy (organ Dmean above the predicted interval, summed); "
+             f"{len(fold_predictions_gy)} fold{'' if len(fold_predictions_gy) == 1 else 's'}.</p>",
+             f"<p>A value is flagged when it is worse than the ensemble prediction by more than the tolerance "
+             f"({tol.gy:g} Gy or {tol.percent:g} % of the reference dose, whichever is smaller; "
+             f"{tol.percent:g} percentage points for V-x) and lies outside the folds' interval.</p>",
+             "<h2>Flags</h2>", _flag_table(case_qa),
+             "<h2>All metrics</h2>", _metrics_table(case_qa),
+             "<h2>DVH: clinical (solid), predicted (dashed), range of the folds (band)</h2>",
+             _img(dvh_png(case_qa, clinical_gy, predicted, fold_predictions_gy, structures), "DVH overlay"),
+             "<h2>Flagged structures: clinical dose, predicted dose, difference</h2>"]
+    for s in flagged:
+        parts += [f"<h3>{escape(s.name)}</h3>",
+                  _img(slice_png(s.name, structures[s.name], clinical_gy, predicted, ct_hu), f"{s.name} slices")]
+    if not flagged:
+        parts.append("<p>No structure flagged.</p>")
+    return _page(f"Plan QA: {case_qa.case}", "\n".join(parts))
+
+
+def write_case_report(case_qa: CaseQA, clinical_gy: np.ndarray, fold_predictions_gy: list[np.ndarray],
+                      structures: dict[str, np.ndarray], ct_hu: np.ndarray | None, path: Path | str) -> None:
+    """The case page (e.g. <case>/report.html), written atomically."""
+    atomic_write_text(path, case_report_html(case_qa, clinical_gy, fold_predictions_gy, structures, ct_hu))
+
+
+def cohort_report_html(case_qas: list[CaseQA], case_links: dict[str, str]) -> str:
+    """The cohort index as one HTML string: plans ranked by sparing left, largest first."""
+    rows = []
+    for rank, c in enumerate(rank_cases(case_qas), 1):
+        name = escape(c.case)
+        link = f'<a href="{escape(case_links[c.case], quote=True)}">{name}</a>' if c.case in case_links else name
+        rows.append(_row([str(rank), link, f"{c.reference_dose_gy:.2f}", f"{c.sparing_left_gy:.2f}",
+                          str(c.n_flagged_organs), escape(", ".join(c.flagged_organs)),
+                          escape(", ".join(c.flagged_targets))],
+                         bool(c.flagged_organs or c.flagged_targets), numeric=(0, 2, 3, 4)))
+    body = (f"<h1>Plan QA: {len(case_qas)} plan{'' if len(case_qas) == 1 else 's'}</h1>\n"
+            "<p>Ranked by sparing left: the organs' mean dose above the predicted interval, summed (Gy).</p>\n"
+            + _table(["rank", "case", "reference dose (Gy)", "sparing left (Gy)", "flagged organs",
+                      "organs", "targets flagged"], rows, "ranking"))
+    return _page("Plan QA: cohort", body)
+
+
+def write_cohort_report(case_qas: list[CaseQA], path: Path | str, case_links: dict[str, str]) -> None:
+    """The cohort index (e.g. index.html) linking each case to case_links[case], written atomically."""
+    atomic_write_text(path, cohort_report_html(case_qas, case_links))

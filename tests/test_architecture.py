@@ -12,8 +12,9 @@ LAYERS = (
     ("geometry and networks", ("nndose.geometry", "nndose.networks")),
     ("preprocessing", ("nndose.preprocessing",)),
     ("dataset builders and verification", ("nndose.datasets", "nndose.dicom", "nndose.verification")),
-    ("evaluation", ("nndose.evaluation", "nndose.qa")),
+    ("evaluation", ("nndose.evaluation",)),
     ("inference and model sharing", ("nndose.inference", "nndose.model_sharing")),
+    ("plan QA", ("nndose.qa",)),
     ("training and planning (never each other)", ("nndose.training", "nndose.experiment_planning")),
     ("command line", ("nndose.cli",)),
 )

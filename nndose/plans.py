@@ -92,6 +92,38 @@ class BeamChannelSettings:
     pixel_mm: float = 2.0
 
 
+AMP_DTYPES = ("float16", "bfloat16")
+LR_SCHEDULES = ("poly", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How to train, as the planner chose it for the machine it plans for. None leaves the trainer's
+    default; a trainer variant that sets a value itself keeps it."""
+    amp_dtype: str | None = None          # mixed precision on CUDA: "float16" (with loss scaling) or "bfloat16"
+    channels_last: bool | None = None     # the channels_last_3d memory format for the network and its inputs
+    compile: bool | None = None           # torch.compile the training model on CUDA
+    initial_lr: float | None = None       # the peak learning rate
+    warmup_epochs: int | None = None      # linear warm-up to the peak over this many epochs
+    lr_schedule: str | None = None        # decay after the warm-up: "poly" (exponent 0.9) or "cosine"
+    ema_decay: float | None = None        # exponential moving average of the weights (0: none)
+
+    def __post_init__(self):
+        checks = ((self.amp_dtype is None or self.amp_dtype in AMP_DTYPES, f"amp_dtype must be one of {', '.join(AMP_DTYPES)}"),
+                  (self.lr_schedule is None or self.lr_schedule in LR_SCHEDULES,
+                   f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
+                  (self.initial_lr is None or 0 < self.initial_lr < 1, "initial_lr must lie in (0, 1)"),
+                  (self.warmup_epochs is None or self.warmup_epochs >= 0, "warmup_epochs must be 0 or more"),
+                  (self.ema_decay is None or 0 <= self.ema_decay < 1, "ema_decay must lie in [0, 1)"))
+        for ok, what in checks:
+            if not ok:
+                raise NndoseError(f"training recipe: {what}")
+
+    def chosen(self) -> dict:
+        """The fields the planner set."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
 @dataclass(frozen=True)
 class Plans(StructureVocabulary):
     plans_name: str
@@ -105,6 +137,7 @@ class Plans(StructureVocabulary):
     gpu_memory_target_gb: float
     planner: dict = field(default_factory=dict)   # the options the planner ran with (a record)
     extra: dict = field(default_factory=dict)     # e.g. finetuned_from
+    training: TrainingRecipe = TrainingRecipe()
 
     def configuration(self, name: str) -> Configuration:
         if name not in self.configurations:
@@ -125,7 +158,7 @@ class Plans(StructureVocabulary):
                                      "mean": n.mean, "std": n.std},
                 "dose_normalization": {"scheme": "reference_dose", "reference": "highest_prescription",
                                        "note": "target = dose / reference dose; prediction multiplies back"},
-                "beam_channels": vars(self.beam_channels).copy(),
+                "beam_channels": vars(self.beam_channels).copy(), "training": self.training.chosen(),
                 "configurations": {name: c.to_json() for name, c in self.configurations.items()},
                 **self.extra}
 
@@ -133,7 +166,7 @@ class Plans(StructureVocabulary):
 # ----- parsing ----------------------------------------------------------------------------------
 _KNOWN_TOP = {"plans_version", "nndose_version", "plans_name", "dataset_name", "gpu_memory_target_gb", "planner",
               "structures", "targets", "organs", "body", "crop_margin_mm", "ct_normalization", "dose_normalization",
-              "beam_channels", "configurations"}
+              "beam_channels", "configurations", "training"}
 
 
 class _Reader:
@@ -218,6 +251,23 @@ def _configuration(name: str, d: dict, where: str) -> Configuration:
                          r.number("estimated_memory_gb", default=0.0), previous, levels)
 
 
+def _training_recipe(d: object, where: str) -> TrainingRecipe:
+    if not isinstance(d, dict):
+        raise NndoseError(f"{where}: expected a JSON object")
+    unknown = sorted(set(d) - set(vars(TrainingRecipe())))
+    if unknown:
+        raise NndoseError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(vars(TrainingRecipe()))})")
+    types = {"amp_dtype": str, "lr_schedule": str, "channels_last": bool, "compile": bool, "initial_lr": (int, float),
+             "warmup_epochs": int, "ema_decay": (int, float)}
+    for key, value in d.items():
+        if isinstance(value, bool) != (types[key] is bool) or not isinstance(value, types[key]):
+            raise NndoseError(f"{where}: {key} {value!r} has the wrong type")
+    try:
+        return TrainingRecipe(**d)
+    except NndoseError as e:
+        raise NndoseError(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+
+
 def _resolve(configs: dict, name: str, source: str) -> dict:
     conf = configs[name]
     if not isinstance(conf, dict):
@@ -253,6 +303,7 @@ def parse_plans(d: object, source: str) -> Plans:
     ct = _Reader(r.get("ct_normalization"), f"{source}: ct_normalization")
     beam = _Reader(r.get("beam_channels"), f"{source}: beam_channels")
     planner = r.get("planner", {})
+    training = _training_recipe(r.get("training", {}), f"{source}: training")
     return Plans(r.string("plans_name"), str(r.get("dataset_name", "")), str(r.get("nndose_version", "")),
                  dict(structures), r.number("crop_margin_mm"),
                  CTNormalization(ct.number("clip_low"), ct.number("clip_high"), ct.number("mean"),
@@ -261,7 +312,7 @@ def parse_plans(d: object, source: str) -> Plans:
                                      beam.number("margin_mm"), beam.number("penumbra_mm", positive=True),
                                      beam.number("pixel_mm", positive=True)),
                  resolved, r.number("gpu_memory_target_gb", default=0.0), planner if isinstance(planner, dict) else {},
-                 {k: v for k, v in d.items() if k not in _KNOWN_TOP})
+                 {k: v for k, v in d.items() if k not in _KNOWN_TOP}, training)
 
 
 def load_plans(path: Path | str) -> Plans:

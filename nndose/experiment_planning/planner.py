@@ -26,7 +26,8 @@ from nndose.errors import NndoseError
 from nndose.experiment_planning.memory_estimate import estimate_training_bytes
 from nndose.io.raw_dataset import DatasetInfo
 from nndose.networks import network_class
-from nndose.plans import (DOSE_MASK_PREFIX, Architecture, BeamChannelSettings, Configuration, CTNormalization, Plans)
+from nndose.plans import (DOSE_MASK_PREFIX, Architecture, BeamChannelSettings, Configuration, CTNormalization, Plans,
+                          TrainingRecipe)
 from nndose.preprocessing.channels import organ_channel
 
 MIN_FEATURE_MAP = 4
@@ -47,6 +48,7 @@ class PlannerOptions:
     max_batch: int | None = None    # batch size at most this (default: what the memory budget allows)
     network: str = "ResEncUNet"     # a class of nndose.networks.NETWORKS
     num_dose_masks: int = 10        # the cascade's dose masks at 1/N, 2/N, ... of the reference dose
+    recipe: TrainingRecipe = TrainingRecipe()   # how to train (None fields: the trainer's defaults)
 
     def __post_init__(self):
         sizes = (self.base_features, self.max_features, self.max_patch, self.num_dose_masks, *self.encoder_blocks,
@@ -59,7 +61,7 @@ class PlannerOptions:
         network_class(self.network)
 
     def to_json(self) -> dict:
-        return {**asdict(self), "encoder_blocks": list(self.encoder_blocks)}
+        return {**asdict(self), "encoder_blocks": list(self.encoder_blocks), "recipe": self.recipe.chosen()}
 
 
 # A CPU-sized network (the demo's, the CPU benchmarks'): 8 features doubling to 64, one block per
@@ -177,4 +179,4 @@ def plan_experiment(fingerprint: dict, info: DatasetInfo, options: PlannerOption
     return Plans(plans_name, fingerprint["dataset"], __version__, dict(info.structures), fingerprint["crop_margin_mm"],
                  CTNormalization(ct["percentile_00_5"], ct["percentile_99_5"], ct["mean"], max(ct["std"], 1.0)),
                  BeamChannelSettings(options.beam_channels), configs, options.gpu_memory_target_gb,
-                 planner=options.to_json())
+                 planner=options.to_json(), training=options.recipe)

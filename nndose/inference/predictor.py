@@ -49,6 +49,8 @@ class DosePredictor:
             if list(ck["channels"]) != list(self.conf.channels):
                 raise NndoseError(f"{path}: its channels differ from the plan's {config}")
             net = build_network(self.conf).to(device)
+            if self.plans.training.channels_last:
+                net = net.to(memory_format=torch.channels_last_3d)
             try:
                 net.load_state_dict(ck["network"])
             except RuntimeError as e:
@@ -66,10 +68,12 @@ class DosePredictor:
     @torch.no_grad()
     def _predict_net(self, net, image: torch.Tensor) -> torch.Tensor:
         amp = self.device.type == "cuda"
+        dtype = torch.bfloat16 if self.plans.training.amp_dtype == "bfloat16" else torch.float16
+        memory = torch.channels_last_3d if self.plans.training.channels_last else torch.contiguous_format
 
         def run(x):
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
-                return net(x).float()
+            with torch.autocast(self.device.type, dtype=dtype, enabled=amp):
+                return net(x.contiguous(memory_format=memory)).float()
 
         out = sliding_window(run, image, self.conf.patch_size_zyx, self.step, self.pad)
         if self.use_tta:

@@ -3,7 +3,10 @@
 Defaults (per epoch: 250 iterations; 300 epochs on a GPU): AdamW, learning rate 1e-3 with
 polynomial decay (exponent 0.9), weight decay 1e-4, masked MAE on dose / reference dose inside the
 body, gradient clipping at 12, mixed precision (fp16 + GradScaler) and torch.compile on CUDA, fp32
-eager mode on the CPU. Each epoch ends with validation patches of the fold's validation
+eager mode on the CPU. The plan's training recipe (`Plans.training`, what the planner chose for the
+machine) may change the precision (bf16), the memory format (channels_last_3d), compilation, the
+peak learning rate, a linear warm-up, the decay (poly or cosine) and an exponential moving average
+of the weights; a trainer variant that sets one of these itself keeps its value. Each epoch ends with validation patches of the fold's validation
 cases; their MAE in Gy, smoothed with an exponential moving average (0.9), picks checkpoint_best.
 Checkpoints (latest every epoch, best, final) are written atomically, hold only tensors and plain
 values (torch.load(weights_only=True)), and `--c` resumes from the latest. One training and one
@@ -12,6 +15,8 @@ seeded by (seed, batch index), so a resumed run repeats the batches a killed one
 """
 from __future__ import annotations
 
+import copy
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -48,14 +53,25 @@ class TrainerSettings:
     exclude_sites: tuple[str, ...] = ()       # leave-site-out: never trained nor validated on
 
 
+# recipe field of the plan -> trainer attribute it sets
+RECIPE_ATTRIBUTES = {"amp_dtype": "amp_dtype", "channels_last": "channels_last", "compile": "compile_on_cuda",
+                     "initial_lr": "initial_lr", "warmup_epochs": "warmup_epochs", "lr_schedule": "lr_schedule",
+                     "ema_decay": "weight_ema_decay"}
+
+
 class nndoseTrainer:
     initial_lr = 1e-3
+    warmup_epochs = 0
+    lr_schedule = "poly"      # or "cosine"
     weight_decay = 1e-4
     num_epochs = 300
     iterations_per_epoch = 250
     val_iterations = 25
     grad_clip = 12.0
-    ema_momentum = 0.9
+    ema_momentum = 0.9        # smoothing of the validation MAE that picks checkpoint_best
+    weight_ema_decay = 0.0    # > 0: an exponential moving average of the weights is what is validated and saved
+    amp_dtype = "float16"     # mixed precision on CUDA (float16 with loss scaling, or bfloat16)
+    channels_last = False     # the channels_last_3d memory format
     seed = 12345
     compile_on_cuda = True  # torch.compile the training model on CUDA (environment nndose_compile=0 turns it off)
 
@@ -78,6 +94,7 @@ class nndoseTrainer:
         self.num_workers = settings.num_workers if settings.num_workers is not None else default_num_workers(device, world_size)
         self.channels = list(self.conf.channels)
         self.body_channel = self.channels.index("body")
+        self._apply_recipe(plans.training.chosen())
         self.amp = device.type == "cuda"
         self.stage1_dir = None
         if self.conf.previous_stage:  # cascade: stage-1 predictions made out of fold
@@ -85,6 +102,17 @@ class nndoseTrainer:
         self.log = {"train_loss": [], "val_mae_gy": [], "val_mae_ema_gy": [], "lr": [], "epoch_time_s": []}
         self.epoch = 0
         self.best_ema = float("inf")
+
+    def _apply_recipe(self, recipe: dict) -> None:
+        """The plan's recipe, where the trainer class does not set the value itself."""
+        for field_name, value in recipe.items():
+            attribute = RECIPE_ATTRIBUTES[field_name]
+            if getattr(type(self), attribute) is getattr(nndoseTrainer, attribute):
+                setattr(self, attribute, value)
+
+    @property
+    def amp_torch_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.amp_dtype == "bfloat16" else torch.float16
 
     # ----- hooks a variant may override --------------------------------------------------------
     def build_network(self) -> torch.nn.Module:
@@ -97,7 +125,13 @@ class nndoseTrainer:
         return torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
 
     def lr_at(self, epoch: int) -> float:
-        return self.initial_lr * (1 - epoch / self.num_epochs) ** 0.9
+        """Linear warm-up to the peak over warmup_epochs, then poly (exponent 0.9) or cosine decay to 0."""
+        if epoch < self.warmup_epochs:
+            return self.initial_lr * (epoch + 1) / (self.warmup_epochs + 1)
+        t = (epoch - self.warmup_epochs) / max(1, self.num_epochs - self.warmup_epochs)
+        if self.lr_schedule == "cosine":
+            return self.initial_lr * 0.5 * (1 + math.cos(math.pi * t))
+        return self.initial_lr * (1 - t) ** 0.9
 
     def get_training_transforms(self):
         return training_transforms(self.conf.patch_size_zyx, self.channels)
@@ -150,6 +184,9 @@ class nndoseTrainer:
         if self.stage1_dir is not None:
             self._check_stage1(self.train_cases + self.val_cases)
         self.network = self.build_network().to(self.device)
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last_3d)
+        self.averaged = copy.deepcopy(self.network).requires_grad_(False) if self.weight_ema_decay > 0 else None
         self.model = self.network
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -157,11 +194,33 @@ class nndoseTrainer:
         if self.device.type == "cuda" and self.compile_on_cuda and os.environ.get("nndose_compile", "1") != "0":
             self.model = torch.compile(self.model)
         self.optimizer = self.configure_optimizer([p for p in self.network.parameters() if p.requires_grad])
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp and self.amp_dtype == "float16" else None
+
+    @property
+    def evaluated_network(self) -> torch.nn.Module:
+        """What validation measures and inference gets: the weights' moving average when there is one."""
+        return self.averaged if self.averaged is not None else self.network
+
+    @torch.no_grad()
+    def update_average(self) -> None:
+        """averaged = d * averaged + (1 - d) * current, after every optimizer step."""
+        if self.averaged is None:
+            return
+        for avg, cur in zip(self.averaged.parameters(), self.network.parameters()):
+            avg.mul_(self.weight_ema_decay).add_(cur.detach(), alpha=1 - self.weight_ema_decay)
+        for avg, cur in zip(self.averaged.buffers(), self.network.buffers()):
+            avg.copy_(cur)
+
+    def _input(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device, non_blocking=True)
+        return tensor.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else tensor
 
     # ----- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """'network' holds the weights inference uses (the moving average when there is one),
+        'network_train' the optimizer's own when they differ."""
+        extra = {"network_train": self.network.state_dict()} if self.averaged is not None else {}
+        return {"network": self.evaluated_network.state_dict(), **extra, "optimizer": self.optimizer.state_dict(),
                 "grad_scaler": self.scaler.state_dict() if self.scaler else {}, "epoch": self.epoch,
                 "log": self.log, "best_ema": self.best_ema, "trainer": type(self).__name__,
                 "config": self.config_name, "plans_name": self.plans.plans_name, "channels": self.channels}
@@ -174,7 +233,9 @@ class nndoseTrainer:
         ck = load_checkpoint(path, map_location=self.device)
         if list(ck["channels"]) != self.channels:
             raise NndoseError(f"{path}: checkpoint channels differ from the plan's {self.config_name}")
-        self.network.load_state_dict(ck["network"])
+        self.network.load_state_dict(ck.get("network_train", ck["network"]))
+        if self.averaged is not None:
+            self.averaged.load_state_dict(ck["network"])
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scaler and ck.get("grad_scaler"):
             self.scaler.load_state_dict(ck["grad_scaler"])
@@ -182,8 +243,9 @@ class nndoseTrainer:
 
     # ----- the loop ----------------------------------------------------------------------------
     def train_step(self, image, target) -> float:
+        image, target = self._input(image), target.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_torch_dtype, enabled=self.amp):
             pred = self.model(image)
             loss = self.compute_loss(pred.float(), target, image)
         if self.scaler:
@@ -196,21 +258,23 @@ class nndoseTrainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
             self.optimizer.step()
+        self.update_average()
         return float(loss.detach())
 
     @torch.no_grad()
     def validation_mae_gy(self, batches) -> float:
-        self.network.eval()
+        network = self.evaluated_network
+        network.eval()
         errors = []
         for _ in range(self.val_iterations):
             image, target, ref = next(batches)
-            image, target = image.to(self.device), target.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                pred = self.network(image).float()
+            image, target = self._input(image), target.to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_torch_dtype, enabled=self.amp):
+                pred = network(image).float()
             body = self.body_mask(image)
             per_sample = ((pred - target).abs() * body).flatten(1).sum(1) / body.flatten(1).sum(1).clamp_min(1)
             errors += (per_sample.cpu() * ref.float()).tolist()
-        self.network.train()
+        network.train()
         mean = torch.tensor(float(np.mean(errors)), device=self.device)
         if self.world_size > 1:
             torch.distributed.all_reduce(mean)
@@ -235,8 +299,7 @@ class nndoseTrainer:
                        disable=not self.is_main, leave=False)
             for _ in bar:
                 image, target, _ = next(train)
-                losses.append(self.train_step(image.to(self.device, non_blocking=True),
-                                              target.to(self.device, non_blocking=True)))
+                losses.append(self.train_step(image, target))
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
             val_mae = self.validation_mae_gy(val)
             self.on_epoch_end(float(np.mean(losses)), val_mae, self.optimizer.param_groups[0]["lr"], time.time() - start)

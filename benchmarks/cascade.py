@@ -15,13 +15,13 @@ import time
 
 from benchmarks import pipeline
 from nndose.cli.common import run_cli
-from nndose.io.layout import FOLDS, TEST_DIR, VALIDATION_DIR, fold_folder
+from nndose.io.layout import FOLDS, SUMMARY_FILE, TEST_DIR, VALIDATION_DIR, fold_folder
 from nndose.io.raw_dataset import list_cases
 
 
 
 def _validation(model_dir) -> dict:
-    scores = [json.loads((fold_folder(model_dir, f) / VALIDATION_DIR / "summary.json").read_text())["aggregate"]
+    scores = [json.loads((fold_folder(model_dir, f) / VALIDATION_DIR / SUMMARY_FILE).read_text())["aggregate"]
               for f in FOLDS]
     return {"dose_score_gy": sum(s["dose_score"] for s in scores) / len(scores),
             "dvh_score_gy": sum(s["dvh_score"] for s in scores) / len(scores)}

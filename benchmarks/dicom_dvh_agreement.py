@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -22,25 +21,26 @@ ROIS = {2: "PTV70", 3: "Ring", 4: "Islands"}
 
 
 def export(work: Path) -> None:
-    from nndose.cli.convert_dicom import main as convert_main
-    from nndose.cli.evaluate import main as evaluate_main
-    from nndose.cli.export_dicom import main as export_main
     from nndose.dicom import synthetic
+    from nndose.dicom.convert import convert_dicom
+    from nndose.dicom.export import export_dicom
+    from nndose.dicom.structure_map import parse_structure_map
+    from nndose.evaluation.evaluate import evaluate_folder
+    from nndose.io.atomic import atomic_write_json
+    from nndose.io.layout import DOSE_FILE, NIFTI, TEST_DIR, prediction_path
 
     shutil.rmtree(work, ignore_errors=True)
-    os.environ["nndose_raw"] = str(work / "raw")
     synthetic.write_patient(work / "dicom" / "P001", "P001")
-    (work / "map.json").write_text(json.dumps(synthetic.STRUCTURE_MAP))
-    convert_main(["-i", str(work / "dicom"), "-d", "3", "--structure_map", str(work / "map.json"), "--test"])
-    case = work / "raw" / "Dataset003_DICOM" / "casesTs" / "P001"
+    dataset = work / "raw" / "Dataset003_DICOM"
+    report = convert_dicom(work / "dicom", dataset, parse_structure_map(synthetic.STRUCTURE_MAP, "map"), test=True,
+                           progress=False)
+    if report.problems:
+        raise SystemExit("; ".join(report.problems))
+    case = dataset / TEST_DIR / "P001"
     (work / "pred").mkdir()
-    shutil.copy(case / "dose.nii.gz", work / "pred" / "P001.nii.gz")
-    export_main(["-i", str(work / "pred"), "-ref", str(work / "dicom"), "-o", str(work / "rtdose")])
-    try:
-        evaluate_main(["-ref", str(case.parent), "-pred", str(work / "pred"), "-o", str(work / "nndose_summary.json")])
-    except SystemExit as e:
-        if e.code:
-            raise
+    shutil.copy(case / f"{DOSE_FILE}{NIFTI}", prediction_path(work / "pred", "P001"))
+    export_dicom(work / "pred", work / "dicom", work / "rtdose")
+    atomic_write_json(work / "nndose_summary.json", evaluate_folder(case.parent, work / "pred"))
 
 
 def compare(work: Path, out: Path) -> None:

@@ -80,11 +80,11 @@ def setup(work: Path, archives: Path, small_network: bool = False) -> None:
 
 def _largest_case(raw: Path) -> Path:
     """The case whose body has the most voxels: the slowest to predict."""
-    from nndose.io.layout import TRAIN_DIR
+    from nndose.io.layout import STRUCTURES_DIR, TRAIN_DIR
     from nndose.io.raw_dataset import list_cases, load_dataset_json
     from nndose.io.volumes import read_volume
     info = load_dataset_json(raw)
-    sizes = {c: int(read_volume(c / "structures" / f"{info.body}{info.file_ending}")[0].sum())
+    sizes = {c: int(read_volume(c / STRUCTURES_DIR / f"{info.body}{info.file_ending}")[0].sum())
              for c in list_cases(raw, TRAIN_DIR)}
     return max(sizes, key=sizes.get)
 
@@ -93,20 +93,22 @@ def _large_case(case: Path, large: Path) -> None:
     """The case resampled onto a 512x512x200 grid covering the same field of view (large/<case>)."""
     import SimpleITK as sitk
 
+    from nndose.io.layout import CT_FILE, NIFTI, PLAN_FILE, STRUCTURES_DIR
     dest = large / case.name
-    (dest / "structures").mkdir(parents=True)
-    shutil.copy(case / "plan.json", dest / "plan.json")
-    ref_img = sitk.ReadImage(str(case / "ct.nii.gz"))
+    (dest / STRUCTURES_DIR).mkdir(parents=True)
+    shutil.copy(case / PLAN_FILE, dest / PLAN_FILE)
+    ct_name = f"{CT_FILE}{NIFTI}"
+    ref_img = sitk.ReadImage(str(case / ct_name))
     size = ref_img.GetSize()
     spacing = [sp * n / m for sp, n, m in zip(ref_img.GetSpacing(), size, LARGE_SHAPE_ZYX[::-1])]
     ref = sitk.Image(*LARGE_SHAPE_ZYX[::-1], sitk.sitkInt16)
     ref.SetSpacing(spacing)
     ref.SetOrigin(ref_img.TransformContinuousIndexToPhysicalPoint([-0.5 + 0.5 * s / ref_img.GetSpacing()[i] for i, s in enumerate(spacing)]))
     ref.SetDirection(ref_img.GetDirection())
-    for src in [case / "ct.nii.gz", *sorted((case / "structures").glob("*.nii.gz"))]:
+    for src in [case / ct_name, *sorted((case / STRUCTURES_DIR).glob(f"*{NIFTI}"))]:
         img = sitk.ReadImage(str(src))
-        interp = sitk.sitkLinear if src.name == "ct.nii.gz" else sitk.sitkNearestNeighbor
-        out = sitk.Resample(img, ref, sitk.Transform(), interp, -1024 if src.name == "ct.nii.gz" else 0, img.GetPixelID())
+        interp = sitk.sitkLinear if src.name == ct_name else sitk.sitkNearestNeighbor
+        out = sitk.Resample(img, ref, sitk.Transform(), interp, -1024 if src.name == ct_name else 0, img.GetPixelID())
         sitk.WriteImage(out, str(dest / src.relative_to(case)), useCompression=True)
 
 
@@ -121,7 +123,7 @@ def run_row(work: Path, row: str, device_name: str) -> dict:
 
     device = torch.device(device_name)
     folds = ["0", "1", "2", "3", "4"] if row == "nndose_5folds_tta" else ["0"]
-    predictor = DosePredictor(work / "model", "3d_fullres", folds, device, use_tta=row.endswith("_tta"))
+    predictor = DosePredictor(work / "model", "3d_fullres", folds=folds, device=device, use_tta=row.endswith("_tta"))
     name = (work / "case.txt").read_text()
     case_dir = work / "nndose_raw" / ("large" if row.endswith("512x512x200") else "Dataset950_OpenKBPSpeed/" + TRAIN_DIR) / name
     case = load_case(case_dir, predictor.info, require_dose=False)

@@ -11,7 +11,7 @@ import time
 from benchmarks import pipeline
 from nndose.cli.common import run_cli
 from nndose.io.plan_file import load_plan
-from nndose.io.layout import TEST_DIR
+from nndose.io.layout import PLAN_FILE, TEST_DIR
 from nndose.io.raw_dataset import list_cases
 
 
@@ -23,7 +23,7 @@ def main() -> None:
     pipeline.use_work_folder(args.work)
     raw = pipeline.phantoms(920, "Sites", args.n, seed=11, num_processes=args.np)
     pipeline.plan(920, args.small_network, num_processes=args.np)
-    site_cases = [c for c in list_cases(raw, TEST_DIR) if load_plan(c / "plan.json").site == args.site]
+    site_cases = [c for c in list_cases(raw, TEST_DIR) if load_plan(c / PLAN_FILE).site == args.site]
     result = {"site": args.site, "n_phantoms": args.n, "test_cases_of_site": len(site_cases),
               "epochs": args.epochs, "iterations_per_epoch": args.iterations}
     for key, excluded in (("site_unseen", (args.site,)), ("site_seen", ())):

@@ -72,13 +72,15 @@ def main() -> None:
     pipeline.plan(960, args.small_network, num_processes=args.np, max_batch=args.max_batch)
     planned = time.time()
     from nndose.training.run import TrainingRun, train_fold
-    fold_dir = train_fold(TrainingRun(960, "3d_fullres", "all", args.trainer, args.device, None, args.iterations,
+    fold_dir = train_fold(TrainingRun(dataset_id=960, configuration="3d_fullres", fold="all", trainer=args.trainer,
+                                      device=args.device, iterations_per_epoch=args.iterations,
                                       time_budget_minutes=args.minutes))
     trained = time.time()
     from nndose.devices import resolve_device
     from nndose.inference.predict_cases import predict_cases
     from nndose.inference.predictor import DosePredictor
-    predictor = DosePredictor(fold_dir.parent, "3d_fullres", ["all"], resolve_device(args.device), not args.disable_tta)
+    predictor = DosePredictor(fold_dir.parent, "3d_fullres", folds=["all"], device=resolve_device(args.device),
+                              use_tta=not args.disable_tta)
     cases = list_cases(raw, TEST_DIR)
     pred = args.work / "predictions"
     predict_cases(cases, pred, predictor)

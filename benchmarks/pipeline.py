@@ -21,7 +21,7 @@ from nndose.inference.predict_cases import predict_cases
 from nndose.inference.predictor import DosePredictor
 from nndose.io.layout import CHECKPOINT_FINAL, PLANS_FILE, fold_folder, model_folder
 from nndose.io.raw_dataset import load_dataset_json
-from nndose.paths import ENV_VARIABLES, preprocessed_root, require_dataset, results_root
+from nndose.paths import ENV_VARIABLES, dataset_folder_name, preprocessed_root, raw_root, require_dataset, results_root
 from nndose.plans import load_plans
 from nndose.training.run import TrainingRun, train_fold
 
@@ -61,14 +61,14 @@ def use_work_folder(work: Path, keep: bool = False) -> Path:
 def phantoms(dataset_id: int, name: str, n: int, seed: int, style: str = "standard", num_processes: int = 2,
              test_fraction: float = 0.2, **mix) -> Path:
     """Generate a phantom raw dataset; `mix` passes `sites` and `modalities` through."""
-    folder = Path(os.environ["nndose_raw"]) / f"Dataset{dataset_id:03d}_{name}"
+    folder = raw_root() / dataset_folder_name(dataset_id, name)
     generate_phantom_dataset(folder, n, seed=seed, test_fraction=test_fraction, style=style,
                              num_processes=num_processes, **mix)
     return folder
 
 
 def copy_raw(src: Path, dataset_id: int, name: str) -> Path:
-    dst = Path(os.environ["nndose_raw"]) / f"Dataset{dataset_id:03d}_{name}"
+    dst = raw_root() / dataset_folder_name(dataset_id, name)
     shutil.copytree(src, dst)
     return dst
 
@@ -78,7 +78,7 @@ def plan(dataset_id: int, small_network: bool, num_processes: int = 2, configs: 
     """Plan and preprocess; `small_network` takes the demo's CPU plan, `options` override PlannerOptions
     fields (e.g. beam_channels=False, max_batch=4)."""
     planner = replace(CPU_PLANNER if small_network else PlannerOptions(), **options)
-    plan_and_preprocess(dataset_id, planner, PreprocessingRun(tuple(configs), num_processes))
+    plan_and_preprocess(dataset_id, planner, PreprocessingRun(configurations=tuple(configs), num_processes=num_processes))
 
 
 def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_sites=(), config: str = "3d_fullres",
@@ -89,8 +89,8 @@ def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_si
         model = model_folder(results_root() / pre.name, "nndoseTrainer", load_plans(pre / PLANS_FILE).plans_name, config)
         if (fold_folder(model, fold) / CHECKPOINT_FINAL).is_file():
             return model
-    return train_fold(TrainingRun(dataset_id, config, fold, "nndoseTrainer", device, epochs, iterations,
-                                  exclude_sites=tuple(exclude_sites))).parent
+    return train_fold(TrainingRun(dataset_id=dataset_id, configuration=config, fold=fold, device=device, epochs=epochs,
+                                  iterations_per_epoch=iterations, exclude_sites=tuple(exclude_sites))).parent
 
 
 def score(case_dirs: list[Path], raw: Path, predictions: Path) -> dict:
@@ -116,6 +116,6 @@ def score(case_dirs: list[Path], raw: Path, predictions: Path) -> dict:
 
 def predict_and_score(model_dir: Path, case_dirs: list[Path], raw: Path, out: Path, device: str,
                       config: str = "3d_fullres", folds=("all",)) -> dict:
-    predictor = DosePredictor(model_dir, config, list(folds), resolve_device(device))
+    predictor = DosePredictor(model_dir, config, folds=list(folds), device=resolve_device(device))
     predict_cases(case_dirs, out, predictor, progress=False)
     return score(case_dirs, raw, out)

@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.row:
         from nndose.experiment_planning.plan_and_preprocess import PreprocessingRun, plan_and_preprocess
-        plan_and_preprocess(970, run=PreprocessingRun(("3d_fullres",), args.row))
+        plan_and_preprocess(970, run=PreprocessingRun(configurations=("3d_fullres",), num_processes=args.row))
         peak = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
         print(f"PEAK_KIB {peak}")
         return

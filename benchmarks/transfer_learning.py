@@ -97,9 +97,9 @@ def main() -> None:
     result["source_model"] = pipeline.predict_and_score(source_model, test, target, work / "pred/source", args.device)
     for name in args.variants:
         clock = time.time()
-        run = TrainingRun(941, "3d_fullres", "all", "nndoseTrainer_Finetune", args.device, args.finetune_epochs,
-                          args.iterations, overwrite=True)
-        trained = finetune_fold(run, FinetuneOptions(source_model, **FINETUNE_VARIANTS[name])).parent
+        run = TrainingRun(dataset_id=941, configuration="3d_fullres", fold="all", trainer="nndoseTrainer_Finetune",
+                          device=args.device, epochs=args.finetune_epochs, iterations_per_epoch=args.iterations, overwrite=True)
+        trained = finetune_fold(run, FinetuneOptions(pretrained=source_model, **FINETUNE_VARIANTS[name])).parent
         result["seconds_per_step"][name] = time.time() - clock
         model = work / "models" / name   # each variant writes the same trainer folder: keep it aside
         shutil.rmtree(model, ignore_errors=True)

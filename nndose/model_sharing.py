@@ -11,6 +11,7 @@ only once the new one is complete.
 """
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import stat
@@ -18,11 +19,13 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+import torch
+
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write, remove_stale_temporaries, replace_path, staging_area
 from nndose.io.checkpoints import load_checkpoint
-from nndose.io.layout import (CHECKPOINT_FINAL, MODEL_FILES, MODEL_PLANS_FILE, check_fold, fold_folder, list_folds,
-                              model_folder, parse_model_folder_name)
+from nndose.io.layout import (ALL_FOLD, CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINTS, FOLDS, MODEL_FILES, MODEL_PLANS_FILE, check_fold,
+                              fold_folder, list_folds, model_folder, parse_model_folder_name)
 from nndose.io.raw_dataset import load_dataset_json
 from nndose.kill_points import kill_point
 from nndose.networks import build_network
@@ -31,13 +34,30 @@ from nndose.plans import load_plans
 MAX_MODEL_BYTES = 16 << 30      # declared size of all members together
 MAX_RATIO = 100                 # uncompressed / compressed size of any member (weights compress ~1.1x)
 _CHUNK = 1 << 20
-_ALLOWED = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_-]+/[A-Za-z0-9_]+__[A-Za-z0-9_]+__[A-Za-z0-9_]+/"
-                      r"((plans|dataset|dataset_fingerprint)\.json|fold_(\d|all)/checkpoint_(final|best)\.pth)$")
+# what an archive may hold: DatasetXXX_Name/<trainer>__<plans>__<config>/ with the model files and the folds' checkpoints
+_ALLOWED = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_-]+/[A-Za-z0-9_]+__[A-Za-z0-9_-]+__[A-Za-z0-9_]+/("
+                      + "|".join(re.escape(name) for name in MODEL_FILES)
+                      + "|fold_(" + "|".join((*FOLDS, ALL_FOLD)) + ")/(" + "|".join(map(re.escape, (CHECKPOINT_FINAL, CHECKPOINT_BEST))) + "))$")
+
+
+HALF_KEEPS = ("channels", "trainer", "config", "plans_name", "epoch")
+
+
+def half_precision(path: Path) -> bytes:
+    """A checkpoint for inference only: the network's weights in float16 and what identifies them
+    (no optimizer state, no training log): about a sixth of a training checkpoint."""
+    ck = load_checkpoint(path)
+    slim = {"network": {k: v.half() if v.is_floating_point() else v for k, v in ck["network"].items()},
+            **{k: ck[k] for k in HALF_KEEPS if k in ck}}
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    return buffer.getvalue()
 
 
 def export_model(results_dataset_dir: Path, trainer: str, plans_name: str, config: str, out_zip: Path,
-                 folds=None, checkpoint: str = CHECKPOINT_FINAL) -> list[str]:
-    """Write the model (and a cascade's previous stage) to out_zip; returns the archive's members."""
+                 folds=None, checkpoint: str = CHECKPOINT_FINAL, half: bool = False) -> list[str]:
+    """Write the model (and a cascade's previous stage) to out_zip; returns the archive's members.
+    With half=True the checkpoints hold float16 weights for inference only."""
     model_dir = model_folder(results_dataset_dir, trainer, plans_name, config)
     if not model_dir.is_dir():
         raise NndoseError(f"{model_dir}: no trained model to export")
@@ -66,7 +86,10 @@ def export_model(results_dataset_dir: Path, trainer: str, plans_name: str, confi
     def write(p: Path) -> None:
         with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
             for src, arc in members:
-                z.write(src, arc)
+                if half and arc.endswith(".pth"):
+                    z.writestr(arc, half_precision(src))
+                else:
+                    z.write(src, arc)
     atomic_write(out_zip, write)
     return [arc for _, arc in members]
 
@@ -113,7 +136,7 @@ def check_model_folder(model_dir: Path, source: str) -> None:
     load_dataset_json(model_dir)
     config = parse_model_folder_name(model_dir.name)[2]
     conf = plans.configuration(config)
-    checkpoints = sorted(model_dir.glob("fold_*/checkpoint_*.pth"))
+    checkpoints = [fold_folder(model_dir, f) / c for c in CHECKPOINTS for f in list_folds(model_dir, c)]
     if not checkpoints:
         raise NndoseError(f"{source}: {model_dir.name} holds no checkpoint")
     for ck_path in checkpoints:
@@ -169,7 +192,10 @@ def _install(z: zipfile.ZipFile, infos: list[zipfile.ZipInfo], archive: Path, re
             except (zipfile.BadZipFile, EOFError, zlib.error) as e:
                 raise NndoseError(f"{archive}: corrupt member {info.filename!r} ({type(e).__name__})") from None
         for m in models:
-            check_model_folder(stage / m, str(archive))
+            try:
+                check_model_folder(stage / m, str(archive))
+            except NndoseError as e:   # name the member, not the staging folder it was checked in
+                raise NndoseError(str(e).replace(f"{stage}/", f"{archive}: ")) from None
         kill_point("install:extracted")
         for m in models:
             replace_path(stage / m, results_root / m)

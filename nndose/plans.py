@@ -9,6 +9,7 @@ is a plan change.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from nndose.io.json_file import read_json
 from nndose.io.raw_dataset import STRUCTURE_KINDS, StructureVocabulary
 
 PLANS_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # version 1 (before the network class and the training recipe) reads as ResEncUNet, no recipe
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")   # plans names and data identifiers become folder names
 CONFIGURATIONS = ("3d_fullres", "3d_lowres", "3d_cascade_fullres")
 DOSE_MASK_PREFIX = "dose_mask_"
 ORGAN_PREFIX = "organ_"
@@ -96,7 +99,7 @@ AMP_DTYPES = ("float16", "bfloat16")
 LR_SCHEDULES = ("poly", "cosine")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingRecipe:
     """How to train, as the planner chose it for the machine it plans for. None leaves the trainer's
     default; a trainer variant that sets a value itself keeps it."""
@@ -235,18 +238,31 @@ def _configuration(name: str, d: dict, where: str) -> Configuration:
         raise NndoseError(f"{where}: 'channels' must be a list of channel names")
     if "body" not in channels:
         raise NndoseError(f"{where}: the channels lack 'body' (the loss and the output are masked by it)")
+    if len(set(channels)) != len(channels):
+        raise NndoseError(f"{where}: a channel is listed twice")
     spacing = r.get("spacing_zyx")
     if (not isinstance(spacing, list) or len(spacing) != 3
             or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in spacing)):
         raise NndoseError(f"{where}: 'spacing_zyx' must be three positive numbers, got {spacing!r}")
     previous = r.get("previous_stage", None)
-    levels = tuple(float(v) for v in r.get("dose_mask_levels", []) or [])
+    if previous is not None and (not isinstance(previous, str) or previous == name):
+        raise NndoseError(f"{where}: 'previous_stage' must name another configuration, got {previous!r}")
+    levels = r.get("dose_mask_levels", []) or []
+    masks = [c for c in channels if c.startswith(DOSE_MASK_PREFIX)]
+    if (not isinstance(levels, list) or len(levels) != len(masks) or (masks and previous is None)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 2 for v in levels)):
+        raise NndoseError(f"{where}: {len(masks)} dose-mask channel(s) need a previous_stage and as many "
+                          f"'dose_mask_levels' in (0, 2], got {levels!r}")
+    levels = tuple(float(v) for v in levels)
+    data_identifier = r.string("data_identifier")
+    if not SAFE_NAME.fullmatch(data_identifier):
+        raise NndoseError(f"{where}: 'data_identifier' {data_identifier!r} may hold only letters, digits, '_' and '-'")
     network = _architecture(r.get("network"), f"{where}.network")
     patch = r.ints("patch_size_zyx", 3)
     divisor = [math.prod(s[a] for s in network.strides) for a in range(3)]
     if any(p % d for p, d in zip(patch, divisor)):
         raise NndoseError(f"{where}: patch {list(patch)} is not divisible by the network's pooling {divisor}")
-    return Configuration(name, r.string("data_identifier"), tuple(channels), tuple(float(s) for s in spacing),
+    return Configuration(name, data_identifier, tuple(channels), tuple(float(s) for s in spacing),
                          r.ints("median_shape_zyx", 3), patch, r.integer("batch_size"), network,
                          r.number("estimated_memory_gb", default=0.0), previous, levels)
 
@@ -286,9 +302,10 @@ def parse_plans(d: object, source: str) -> Plans:
     """Validate a plan file's JSON object; every problem is a one-line NndoseError naming the key."""
     r = _Reader(d, source)
     version = r.get("plans_version", None)
-    if version != PLANS_VERSION:
-        raise NndoseError(f"{source}: plan version {version!r} is not supported by this nndose "
-                          f"(expects {PLANS_VERSION}); re-run nndose_plan_and_preprocess")
+    if version not in READABLE_VERSIONS:
+        raise NndoseError(f"{source}: plan version {version!r} is not supported by this nndose (it reads "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}); plan the dataset again with this nndose, or use "
+                          f"the nndose that made the plan")
     structures = r.get("structures")
     if not isinstance(structures, dict) or not all(k in STRUCTURE_KINDS for k in structures.values()):
         raise NndoseError(f"{source}: 'structures' must map names to target, oar or body")
@@ -298,17 +315,28 @@ def parse_plans(d: object, source: str) -> Plans:
     resolved = {name: _configuration(name, _resolve(configs, name, source), f"{source}: configuration {name}")
                 for name in configs}
     for conf in resolved.values():
-        if conf.previous_stage and conf.previous_stage not in resolved:
-            raise NndoseError(f"{source}: configuration {conf.name} names an unknown previous stage {conf.previous_stage!r}")
+        seen, stage = {conf.name}, conf
+        while stage.previous_stage:
+            if stage.previous_stage not in resolved or stage.previous_stage in seen:
+                raise NndoseError(f"{source}: configuration {conf.name}: previous stage {stage.previous_stage!r} is unknown "
+                                  f"or circular")
+            seen.add(stage.previous_stage)
+            stage = resolved[stage.previous_stage]
+    plans_name = r.string("plans_name")
+    if not SAFE_NAME.fullmatch(plans_name):
+        raise NndoseError(f"{source}: 'plans_name' {plans_name!r} may hold only letters, digits, '_' and '-'")
+    enabled = _Reader(r.get("beam_channels"), f"{source}: beam_channels").get("enabled")
+    if not isinstance(enabled, bool):
+        raise NndoseError(f"{source}: beam_channels: 'enabled' must be true or false, got {enabled!r}")
     ct = _Reader(r.get("ct_normalization"), f"{source}: ct_normalization")
     beam = _Reader(r.get("beam_channels"), f"{source}: beam_channels")
     planner = r.get("planner", {})
     training = _training_recipe(r.get("training", {}), f"{source}: training")
-    return Plans(r.string("plans_name"), str(r.get("dataset_name", "")), str(r.get("nndose_version", "")),
+    return Plans(plans_name, str(r.get("dataset_name", "")), str(r.get("nndose_version", "")),
                  dict(structures), r.number("crop_margin_mm"),
                  CTNormalization(ct.number("clip_low"), ct.number("clip_high"), ct.number("mean"),
                                  ct.number("std", positive=True)),
-                 BeamChannelSettings(bool(beam.get("enabled")), beam.number("arc_step_deg", positive=True),
+                 BeamChannelSettings(enabled, beam.number("arc_step_deg", positive=True),
                                      beam.number("margin_mm"), beam.number("penumbra_mm", positive=True),
                                      beam.number("pixel_mm", positive=True)),
                  resolved, r.number("gpu_memory_target_gb", default=0.0), planner if isinstance(planner, dict) else {},

@@ -20,8 +20,8 @@ TINY_PLANNER = PlannerOptions(base_features=4, max_features=16, encoder_blocks=(
 
 def plan_quietly(dataset_id: int, options: PlannerOptions = TINY_PLANNER, configurations=("3d_fullres",)):
     """Plan and preprocess a dataset through the API, one process, no progress output."""
-    return plan_and_preprocess(dataset_id, options, PreprocessingRun(tuple(configurations), 1, progress=False,
-                                                                     log=lambda line: None))
+    return plan_and_preprocess(dataset_id, options, PreprocessingRun(configurations=tuple(configurations), num_processes=1,
+                                                                     progress=False, log=lambda line: None))
 
 
 @pytest.fixture

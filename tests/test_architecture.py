@@ -1,4 +1,5 @@
-"""The import graph: nndose's layers import only downward (the layering of issue 12, DESIGN.md)."""
+"""The import graph: nndose's layers import only downward (io and paths -> geometry and networks ->
+preprocessing -> dataset builders -> evaluation -> inference -> plan QA -> training and planning -> cli)."""
 import ast
 from pathlib import Path
 

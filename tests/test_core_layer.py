@@ -70,12 +70,12 @@ def test_spread_maps_and_temporaries_are_never_listed_as_doses(env, capsys, tmp_
     out = tmp_path / "pred"
     run_ok(predict_main, ["-i", str(cases), "-o", str(out), "-d", "42", "-c", "3d_fullres", "--save_spread",
                           "--disable_tta"], capsys)
-    (out / ".phantom_009.nii.gz.123.abcdefgh.tmp.nii.gz").write_bytes(b"")       # a killed write
+    (out / ".phantom_009.nii.gz.123@abcdef.abcdefgh.tmp.nii.gz").write_bytes(b"")   # another machine's write
     assert sorted(list_predictions(out)) == ["phantom_005", "phantom_005_spread"]
     assert sorted(p.name for p in (out / "spread").iterdir()) == ["phantom_005.nii.gz", "phantom_005_spread.nii.gz"]
     dose, _ = read_volume(out / "phantom_005.nii.gz")
     twin, _ = read_volume(out / "phantom_005_spread.nii.gz")
-    assert np.array_equal(dose, twin) and dose.max() > 0     # the same case under two names: the same dose
+    assert np.array_equal(dose, twin)                          # the same case under two names: the same dose
 
 
 def test_predict_reads_each_case_once(env, capsys, tmp_path, monkeypatch):
@@ -90,13 +90,19 @@ def test_predict_reads_each_case_once(env, capsys, tmp_path, monkeypatch):
 
 
 def test_validation_and_out_of_fold_predictions_need_no_raw_folder(env, capsys, monkeypatch, tmp_path):
+    raw = env / "nndose_raw"
     monkeypatch.setenv("nndose_raw", str(tmp_path / "elsewhere"))
     run_ok(train_main, ["42", "3d_fullres", "0", *TRAIN_ONE], capsys)
     model = env / "nndose_results/Dataset042_Tiny" / MODEL
     splits = json.loads((env / "nndose_preprocessed/Dataset042_Tiny/splits_final.json").read_text())
     assert sorted(p.stem for p in (model / "oof_predictions").glob("*.b2nd")) == sorted(splits[0]["val"])
     summary = json.loads((model / "fold_0/validation/summary.json").read_text())
-    assert summary["grid"] == "preprocessed" and summary["aggregate"]["mae_body_gy"] > 0
+    assert summary["grid"] == "preprocessed"
+    # the same fold validated again with the raw cases, in Gy on their original grids: the same error
+    monkeypatch.setenv("nndose_raw", str(raw))
+    run_ok(train_main, ["42", "3d_fullres", "0", "--val", "--device", "cpu"], capsys)
+    original = json.loads((model / "fold_0/validation/summary.json").read_text())["aggregate"]["mae_body_gy"]["mean"]
+    assert summary["aggregate"]["mae_body_gy"] == pytest.approx(original, rel=0.2)
 
 
 def test_a_variant_network_is_a_plan_change(env, capsys):
@@ -124,6 +130,11 @@ def test_a_variant_network_is_a_plan_change(env, capsys):
     (lambda c: c.update(batch_size=-2), "'batch_size' must be a whole number >= 1"),
     (lambda c: c.update(channels=["ct"]), "the channels lack 'body'"),
     (lambda c: c["network"].update(strides=[[1, 1, 1]]), "one entry per stage"),
+    (lambda c: c.update(channels=c["channels"] + ["ct"]), "a channel is listed twice"),
+    (lambda c: c.update(data_identifier="../../elsewhere"), "may hold only letters"),
+    (lambda c: c.update(previous_stage="3d_fullres"), "must name another configuration"),
+    (lambda c: c.update(channels=c["channels"] + ["dose_mask_1"], previous_stage="3d_cascade_fullres",
+                        dose_mask_levels=["high"]), "dose-mask channel(s) need a previous_stage"),
 ])
 def test_a_malformed_plan_is_one_line_naming_the_key(env, edit, needle):
     d = json.loads((env / "nndose_preprocessed/Dataset042_Tiny/nndosePlans.json").read_text())
@@ -131,6 +142,26 @@ def test_a_malformed_plan_is_one_line_naming_the_key(env, edit, needle):
     with pytest.raises(NndoseError, match="configuration 3d_fullres") as e:
         parse_plans(d, "nndosePlans.json")
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_plan_wide_checks_and_the_former_version(env):
+    d = json.loads((env / "nndose_preprocessed/Dataset042_Tiny/nndosePlans.json").read_text())
+    for edit, needle in ((lambda p: p.update(plans_name="../x"), "'plans_name' '../x' may hold only"),
+                         (lambda p: p["beam_channels"].update(enabled="no"), "'enabled' must be true or false"),
+                         (lambda p: p["configurations"]["3d_cascade_fullres"].update(previous_stage="3d_superres"),
+                          "previous stage '3d_superres' is unknown or circular")):
+        bad = json.loads(json.dumps(d))
+        edit(bad)
+        with pytest.raises(NndoseError, match=needle):
+            parse_plans(bad, "plans")
+    # version 1 (before the network class and the recipe) still reads, as a ResEncUNet without a recipe
+    old = json.loads(json.dumps(d))
+    old["plans_version"] = 1
+    old.pop("training")
+    for conf in old["configurations"].values():
+        conf.get("network", {}).pop("class_name", None)
+    plans = parse_plans(old, "old plans")
+    assert plans.configuration("3d_fullres").network.class_name == "ResEncUNet" and plans.training.chosen() == {}
 
 
 def test_training_refuses_data_from_another_plan(env, capsys):
@@ -146,3 +177,15 @@ def test_training_refuses_data_from_another_plan(env, capsys):
         assert code == 2 and "do not match the plan's 3d_fullres" in err and err.count("\n") == 1
     finally:
         plans_file.write_text(original)
+
+
+def test_a_splits_file_that_puts_a_patient_on_both_sides_is_refused(tmp_path):
+    from nndose.training.splits import load_or_create_splits
+    cases = [f"p{i}_plan{j}" for i in range(5) for j in range(2)]
+    patients = {c: c.split("_")[0] for c in cases}
+    straddling = [{"train": [c for c in cases if c != "p0_plan1"], "val": ["p0_plan1"]}] + \
+                 [{"train": cases[:-1], "val": cases[-1:]}] * 4
+    path = tmp_path / "splits_final.json"
+    path.write_text(json.dumps(straddling))
+    with pytest.raises(NndoseError, match="fold 0 has patient p0 on both sides"):
+        load_or_create_splits(path, cases, patients)

@@ -290,7 +290,7 @@ def test_least_squares_head_fits_the_target_style_better_than_a_random_head(env,
     t = nndoseTrainer_Finetune(load_plans(pre / "nndosePlans.json"), "3d_fullres", "all", pre,
                                env / "nndose_results" / "ft" / "fold_all", torch.device("cpu"),
                                TrainerSettings(epochs=1, iterations_per_epoch=1),
-                               finetune=FinetuneOptions(env / "nndose_results/Dataset042_Tiny" / MODEL),
+                               finetune=FinetuneOptions(pretrained=env / "nndose_results/Dataset042_Tiny" / MODEL),
                                pretrained_checkpoint=env / "nndose_results/Dataset042_Tiny" / MODEL / "fold_all/checkpoint_final.pth")
     t.initialize()
     image, target, _ = next(iter(t._loader(t.train_cases, None, t.seed + 104729, num_workers=0)))

@@ -14,8 +14,8 @@ from pathlib import Path
 from nndose.cli.common import OneLineParser, run_cli
 from nndose.devices import DEVICE_CHOICES
 from nndose.errors import NndoseError
-from nndose.paths import ENV_VARIABLES
 from nndose.experiment_planning.planner import CPU_PLANNER
+from nndose.paths import ENV_VARIABLES
 
 DATASET_ID = 900
 
@@ -51,7 +51,7 @@ def _main(argv) -> None:
     from nndose.inference.predict_cases import predict_folder
     from nndose.inference.predictor import DosePredictor
     from nndose.io.atomic import atomic_write_json
-    from nndose.io.layout import TEST_DIR, TRAIN_DIR, prediction_path
+    from nndose.io.layout import SUMMARY_FILE, TEST_DIR, TRAIN_DIR, prediction_path
     from nndose.io.raw_dataset import list_cases, load_case
     from nndose.io.volumes import read_volume
     from nndose.paths import dataset_folder_name
@@ -61,21 +61,21 @@ def _main(argv) -> None:
     print(f"[1/5] generating {args.n} phantoms -> {raw}")
     info = generate_phantom_dataset(raw, args.n, seed=0, num_processes=args.np)
     print("[2/5] fingerprint, plan (a small CPU network) and preprocess")
-    plan_and_preprocess(DATASET_ID, CPU_PLANNER, PreprocessingRun(("3d_fullres",), args.np))
+    plan_and_preprocess(DATASET_ID, CPU_PLANNER, PreprocessingRun(configurations=("3d_fullres",), num_processes=args.np))
     print(f"[3/5] training ({args.epochs} epochs x {args.iterations_per_epoch} iterations)")
-    fold_dir = train_fold(TrainingRun(DATASET_ID, "3d_fullres", "all", "nndoseTrainer_CPU", args.device, args.epochs,
-                                      args.iterations_per_epoch))
+    fold_dir = train_fold(TrainingRun(dataset_id=DATASET_ID, configuration="3d_fullres", fold="all", trainer="nndoseTrainer_CPU",
+                                      device=args.device, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch))
     print("[4/5] predicting the held-out phantoms; fitting the distance-falloff baseline")
     test_dir = raw / TEST_DIR
     net_pred, base_pred = work / "predictions" / "network", work / "predictions" / "falloff_baseline"
-    predictor = DosePredictor(fold_dir.parent, "3d_fullres", ["all"], resolve_device(args.device))
+    predictor = DosePredictor(fold_dir.parent, "3d_fullres", folds=["all"], device=resolve_device(args.device))
     predict_folder(test_dir, net_pred, predictor)
     FalloffBaseline.fit(list_cases(raw, TRAIN_DIR), info).predict_folder(list_cases(raw, TEST_DIR), info, base_pred)
     print("[5/5] evaluating")
     rows = {}
     for name, folder in (("network (nndose)", net_pred), ("distance-falloff baseline", base_pred)):
         summary = evaluate_folder(test_dir, folder, info)
-        atomic_write_json(folder / "summary.json", summary)
+        atomic_write_json(folder / SUMMARY_FILE, summary)
         rows[name] = summary
     plots = work / "plots"
     for c in rows["network (nndose)"]["cases"]:
@@ -90,7 +90,7 @@ def _main(argv) -> None:
         print(f"{name:28s} {a['dose_score']:16.3f} {a['dvh_score']:15.3f} {a['mae_body_gy']['mean']:17.3f} "
               f"{a['isodose_dice']['50%']['mean']:9.3f}")
     print(f"\nplots: {plots}  (summary.png and one figure per case)")
-    print(f"summaries: {net_pred / 'summary.json'}, {base_pred / 'summary.json'}")
+    print(f"summaries: {net_pred / SUMMARY_FILE}, {base_pred / SUMMARY_FILE}")
     print(f"training curve: {fold_dir / 'progress.png'}   total time {time.time() - start:.0f} s")
 
 

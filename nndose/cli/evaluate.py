@@ -6,7 +6,7 @@ from pathlib import Path
 from nndose.cli.common import OneLineParser, run_cli
 from nndose.evaluation.evaluate import compare, evaluate_folder
 from nndose.io.atomic import atomic_write_json
-from nndose.io.layout import prediction_path
+from nndose.io.layout import SUMMARY_FILE, prediction_path
 from nndose.io.raw_dataset import load_case, load_dataset_json
 from nndose.io.volumes import read_volume
 
@@ -27,7 +27,7 @@ def _main(argv) -> None:
     if args.compare:
         other = evaluate_folder(args.ref, args.compare, allow_missing=args.allow_missing)
         summary["comparison"] = {"other": str(args.compare), **compare(summary, other)}
-    out = args.o or args.pred / "summary.json"
+    out = args.o or args.pred / SUMMARY_FILE
     atomic_write_json(out, summary)
     agg = summary["aggregate"]
     print(f"dose score {agg['dose_score']:.4f} Gy  DVH score {agg['dvh_score']:.4f} Gy  "

@@ -30,13 +30,17 @@ def _main(argv) -> None:
                     help="learning rate of a re-initialised output layer relative to training from scratch (default 1)")
     ap.add_argument("--epochs", type=int, help="epochs (default 100)")
     ap.add_argument("--iterations_per_epoch", type=int, help="iterations per epoch (default 250)")
+    ap.add_argument("--continue", dest="resume", action="store_true", help="continue an unfinished fine-tuning run")
+    ap.add_argument("--val", action="store_true", help="only validate a fine-tuned fold again")
     ap.add_argument("--overwrite", action="store_true", help="fine-tune a fold anew, deleting what its folder holds")
     ap.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     args = ap.parse_args(argv)
-    options = FinetuneOptions(args.pretrained, args.pretrained_fold, args.freeze, args.reinit_head, args.lr_scale,
-                              args.head_lr_scale, args.head_init)
-    run = TrainingRun(parse_dataset_id(args.d), args.c, args.f, "nndoseTrainer_Finetune", args.device, args.epochs,
-                      args.iterations_per_epoch, overwrite=args.overwrite)
+    options = FinetuneOptions(pretrained=args.pretrained, pretrained_fold=args.pretrained_fold, freeze=args.freeze,
+                              reinit_head=args.reinit_head, lr_scale=args.lr_scale, head_lr_scale=args.head_lr_scale,
+                              head_init=args.head_init)
+    run = TrainingRun(dataset_id=parse_dataset_id(args.d), configuration=args.c, fold=args.f, trainer="nndoseTrainer_Finetune",
+                      device=args.device, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                      resume=args.resume, validate_only=args.val, overwrite=args.overwrite)
     print(f"{finetune_fold(run, options)}: done")
 
 

@@ -18,9 +18,11 @@ def _export(argv) -> None:
     ap.add_argument("-p", default="nndosePlans", help="plans name (default nndosePlans)")
     ap.add_argument("-f", nargs="+", help="folds (default: every trained fold)")
     ap.add_argument("-chk", default=CHECKPOINT_FINAL, help="checkpoint to export")
+    ap.add_argument("--half", action="store_true",
+                    help="float16 weights for inference only (no optimizer state): about a sixth of the size")
     args = ap.parse_args(argv)
     results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
-    members = export_model(results, args.tr, args.p, args.c, args.o, args.f, args.chk)
+    members = export_model(results, args.tr, args.p, args.c, args.o, args.f, args.chk, args.half)
     print(f"{args.o}: {len(members)} file(s)")
 
 

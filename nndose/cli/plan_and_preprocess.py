@@ -30,9 +30,11 @@ def _main(argv) -> None:
     ap.add_argument("--max_batch", type=int, help="batch size at most this (default: what the memory budget allows)")
     ap.add_argument("--network", default=_DEFAULTS.network, help="network class (ResEncUNet or PlainConvUNet)")
     args = ap.parse_args(argv)
-    options = PlannerOptions(args.gpu_memory_target, not args.no_beam_channels, args.base_features, args.max_features,
-                             tuple(args.encoder_blocks), args.max_patch, args.max_batch, args.network)
-    run = PreprocessingRun(tuple(args.c), args.np, args.verify, args.plan_only)
+    options = PlannerOptions(gpu_memory_target_gb=args.gpu_memory_target, beam_channels=not args.no_beam_channels,
+                             base_features=args.base_features, max_features=args.max_features,
+                             encoder_blocks=tuple(args.encoder_blocks), max_patch=args.max_patch, max_batch=args.max_batch,
+                             network=args.network)
+    run = PreprocessingRun(configurations=tuple(args.c), num_processes=args.np, verify=args.verify, plan_only=args.plan_only)
     for d in args.d:
         plan_and_preprocess(parse_dataset_id(d), options, run)
 

@@ -37,8 +37,9 @@ def _main(argv) -> None:
         raise NndoseError(f"--step_size {args.step_size}: must be in (0, 1] (a fraction of the patch)")
     folds = [check_fold(f) for f in args.f] if args.f else None
     results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
-    predictor = DosePredictor(model_folder(results, args.tr, args.p, args.c), args.c, folds, resolve_device(args.device),
-                              not args.disable_tta, args.chk, args.step_size)
+    predictor = DosePredictor(model_folder(results, args.tr, args.p, args.c), args.c, folds=folds,
+                              device=resolve_device(args.device), use_tta=not args.disable_tta, checkpoint=args.chk,
+                              step=args.step_size)
     cases = predict_folder(args.i, args.o, predictor, args.save_spread)
     print(f"{args.o}: predicted {len(cases)} case(s) with fold(s) {', '.join(predictor.folds)}")
     if args.dicom_out is not None:

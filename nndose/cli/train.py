@@ -25,9 +25,11 @@ def _main(argv) -> None:
     ap.add_argument("--time_budget_minutes", type=float,
                     help="fit the number of epochs (and the learning-rate schedule) into this wall-clock budget")
     args = ap.parse_args(argv)
-    run = TrainingRun(parse_dataset_id(args.dataset), args.config, args.fold, args.tr, args.device, args.epochs,
-                      args.iterations_per_epoch, args.c, args.val, args.num_gpus, tuple(args.exclude_sites),
-                      args.time_budget_minutes, args.overwrite)
+    run = TrainingRun(dataset_id=parse_dataset_id(args.dataset), configuration=args.config, fold=args.fold, trainer=args.tr,
+                      device=args.device, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                      resume=args.c, validate_only=args.val, num_gpus=args.num_gpus,
+                      exclude_sites=tuple(args.exclude_sites), time_budget_minutes=args.time_budget_minutes,
+                      overwrite=args.overwrite)
     print(f"{train_fold(run)}: done")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write, remove_stale_temporaries, replace_path, staging_area
-from nndose.io.layout import DATASET_JSON, TEST_DIR, TRAIN_DIR, list_predictions
+from nndose.io.layout import DATASET_JSON, NIFTI, TEST_DIR, TRAIN_DIR, list_predictions
 from nndose.io.plan_file import Machine, Prescription, StaticBeam, TreatmentPlan
 from nndose.io.raw_dataset import DatasetInfo, list_cases, load_dataset_json, write_case, write_dataset_json
 from nndose.io.volumes import Grid, read_volume
@@ -94,7 +94,7 @@ def read_voxel_dims(path: Path) -> tuple[float, float, float]:
 
 def openkbp_dataset_info(name: str, num_training: int) -> DatasetInfo:
     structures = {**{o: "oar" for o in ORGANS}, **{t: "target" for t in TARGET_DOSES}, BODY: "body"}
-    return DatasetInfo(name, structures, ".nii.gz", num_training,
+    return DatasetInfo(name, structures, NIFTI, num_training,
                        "OpenKBP head-and-neck IMRT (AAPM 2020 challenge), converted by nndose_convert_openkbp",
                        {"source": "openkbp", "reference": "Babier et al., Med Phys 48:5549, 2021",
                         "dose_quantum_gy": DOSE_QUANTUM_GY})

@@ -15,7 +15,7 @@ from nndose.datasets.phantom_anatomy import BODY, ORGANS, SITES, TARGETS, make_a
 from nndose.datasets.phantom_dose_engine import STYLES, PlanningStyle, compute_dose
 from nndose.errors import NndoseError
 from nndose.io.atomic import staged_directory
-from nndose.io.layout import TEST_DIR, TRAIN_DIR
+from nndose.io.layout import NIFTI, TEST_DIR, TRAIN_DIR
 from nndose.io.plan_file import Arc, Machine, Prescription, StaticBeam, TreatmentPlan
 from nndose.io.raw_dataset import DatasetInfo, write_case, write_dataset_json
 from nndose.parallel import map_with_progress
@@ -99,7 +99,7 @@ def make_case(index: int, seed: int, style: PlanningStyle, site: str | None = No
 def phantom_dataset_info(name: str, num_training: int, style: PlanningStyle, sites: tuple[str, ...] = SITES,
                          modalities: tuple[str, ...] = MODALITIES) -> DatasetInfo:
     structures = {**{t: "target" for t in TARGETS}, **{o: "oar" for o in ORGANS}, BODY: "body"}
-    return DatasetInfo(name, structures, ".nii.gz", num_training,
+    return DatasetInfo(name, structures, NIFTI, num_training,
                        f"nndose built-in phantoms: {', '.join(sites)}; {', '.join(modalities)}; "
                        f"analytic dose engine, planning style '{style.name}'",
                        {"licence": "Apache-2.0", "source": "nndose_generate_phantoms"})

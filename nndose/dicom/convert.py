@@ -22,7 +22,7 @@ from nndose.dicom.scan import PatientFiles, scan_folder
 from nndose.dicom.structure_map import StructureMap
 from nndose.errors import DiskFull, NndoseError
 from nndose.io.atomic import remove_stale_temporaries, replace_path, staging_area
-from nndose.io.layout import DATASET_JSON, TEST_DIR, TRAIN_DIR
+from nndose.io.layout import DATASET_JSON, NIFTI, TEST_DIR, TRAIN_DIR
 from nndose.io.plan_file import Prescription, TreatmentPlan
 from nndose.io.raw_dataset import DatasetInfo, list_cases, load_dataset_json, read_case, write_case, write_dataset_json
 from nndose.kill_points import kill_point
@@ -241,7 +241,7 @@ def convert_dicom(input_dir: Path, dataset_dir: Path, smap: StructureMap | None 
             for case in converted:
                 replace_path(stage / case, dataset_dir / split / case)
             if converted:
-                write_dataset_json(dataset_dir, DatasetInfo(dataset_dir.name.split("_", 1)[1], vocab, ".nii.gz",
+                write_dataset_json(dataset_dir, DatasetInfo(dataset_dir.name.split("_", 1)[1], vocab, NIFTI,
                                                             len(list_cases(dataset_dir, TRAIN_DIR)),
                                                             "converted from DICOM RT by nndose_convert_dicom",
                                                             {"source": "dicom"}))

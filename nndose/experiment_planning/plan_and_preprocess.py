@@ -26,7 +26,7 @@ from nndose.verification import split_overlap, verify_dataset
 CROP_MARGIN_MM = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PreprocessingRun:
     """What to do besides planning: which configurations to preprocess, with how many processes."""
     configurations: tuple[str, ...] = CONFIGURATIONS
@@ -63,8 +63,6 @@ def plan_and_preprocess(dataset_id: int, options: PlannerOptions = PlannerOption
     fingerprint = compute_fingerprint(raw, CROP_MARGIN_MM, run.num_processes, run.progress)
     plans = plan_experiment(fingerprint, info, options)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / FINGERPRINT_FILE, fingerprint)
-    atomic_write(out / DATASET_JSON, lambda p: shutil.copyfile(raw / DATASET_JSON, p))
     if not run.plan_only:
         done: set[str] = set()
         for name in run.configurations:
@@ -74,6 +72,9 @@ def plan_and_preprocess(dataset_id: int, options: PlannerOptions = PlannerOption
             done.add(plans.configurations[name].data_identifier)
             run.log(f"{folder}: preprocessed ({name})")
             kill_point("plan_and_preprocess:data_published")
+    # the files that describe the data are published together, last, once the data exist
+    atomic_write_json(out / FINGERPRINT_FILE, fingerprint)
+    atomic_write(out / DATASET_JSON, lambda p: shutil.copyfile(raw / DATASET_JSON, p))
     save_plans(out / PLANS_FILE, plans)
     run.log(f"{out / PLANS_FILE}: configurations {', '.join(plans.configurations)}")
     return plans

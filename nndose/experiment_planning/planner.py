@@ -35,10 +35,10 @@ MAX_STAGES = 6
 PLANS_NAME = "nndosePlans"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PlannerOptions:
     """What the planner may choose within. The defaults plan for a GPU; smaller networks, patches and
-    batches make a CPU plan (see `nndose.cli.demo.CPU_PLANNER`)."""
+    batches make a CPU plan (see CPU_PLANNER below)."""
     gpu_memory_target_gb: float = 8.0
     beam_channels: bool = True
     base_features: int = 32

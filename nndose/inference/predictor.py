@@ -26,7 +26,7 @@ from nndose.preprocessing.resampling import resample_to_grid
 
 
 class DosePredictor:
-    def __init__(self, model_dir: Path, config: str, folds=None, device: torch.device = torch.device("cpu"),
+    def __init__(self, model_dir: Path, config: str, *, folds=None, device: torch.device = torch.device("cpu"),
                  use_tta: bool = True, checkpoint: str = CHECKPOINT_FINAL, step: float = 0.5, previous_folds=None):
         """previous_folds: the cascade's first-stage folds (default: all it has)."""
         self.model_dir = Path(model_dir)
@@ -63,7 +63,8 @@ class DosePredictor:
         self.previous = None
         if self.conf.previous_stage:
             self.previous = DosePredictor(previous_stage_folder(self.model_dir, self.conf.previous_stage),
-                                          self.conf.previous_stage, previous_folds, device, use_tta, checkpoint, step)
+                                          self.conf.previous_stage, folds=previous_folds, device=device, use_tta=use_tta,
+                                          checkpoint=checkpoint, step=step)
 
     @torch.no_grad()
     def _predict_net(self, net, image: torch.Tensor) -> torch.Tensor:

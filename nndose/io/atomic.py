@@ -1,9 +1,10 @@
 """Atomic writes: write to a temporary name beside the target, then rename.
 
 Every temporary (a file being written, a staging folder, a replaced folder on its way out) is hidden
-and carries its process id in its name, `.<name>.<pid>.<random>.tmp<suffix>` / `.partial` / `.old`,
-so that a later run can tell a leftover of a killed process from one still in use and remove it
-(`remove_stale_temporaries`).
+and names its owner, `.<name>.<pid>@<host>.<random>.tmp<suffix>` / `.partial` / `.old` (host: a short
+digest of the machine's name), so that a later run on the same machine can tell a leftover of a
+killed process from one still in use and remove it (`remove_stale_temporaries`); another machine's
+temporaries on a shared file system are left alone.
 """
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from nndose.errors import DiskFull, NndoseError
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """The owner part of a temporary's name: pid@host (this process's by default)."""
+    return f"{os.getpid() if pid is None else pid}@{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF:06x}"
 
 
 def _umask() -> int:
@@ -56,7 +64,7 @@ def atomic_write(path: Path | str, writer: Callable[[Path], None], verify: Calla
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -91,7 +99,7 @@ def replace_path(new: Path | str, final: Path | str) -> None:
     if not final.exists():
         os.replace(new, final)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".old", dir=final.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{owner_tag()}.", suffix=".old", dir=final.parent))
     old.rmdir()
     os.replace(final, old)
     try:
@@ -111,7 +119,7 @@ def staging_area(parent: Path | str, label: str = "staging") -> Iterator[Path]:
     whatever happens; what should survive is moved out of it with `replace_path` before."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{label}.{os.getpid()}.", suffix=".partial", dir=parent))
+    stage = Path(tempfile.mkdtemp(prefix=f".{label}.{owner_tag()}.", suffix=".partial", dir=parent))
     try:
         _respect_umask(stage, directory=True)
         yield stage
@@ -134,17 +142,21 @@ def staged_directory(final: Path | str, replace: bool = False) -> Iterator[Path]
         replace_path(stage, final)
 
 
-_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]{8}\.(tmp.*|partial|old)$")
+_TEMPORARY = re.compile(r"^\..+\.(\d+)@([0-9a-f]{6})\.[A-Za-z0-9_]{8}\.(tmp.*|partial|old)$")
 
 
 def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_temporaries(folder: Path | str, name: str | None = None) -> list[Path]:
@@ -158,7 +170,9 @@ def remove_stale_temporaries(folder: Path | str, name: str | None = None) -> lis
         if name is not None and not entry.name.startswith(f".{name}."):
             continue
         m = _TEMPORARY.match(entry.name)
-        if not m or int(m.group(1)) == os.getpid() or process_alive(int(m.group(1))):
+        if not m or f"{m.group(1)}@{m.group(2)}" == owner_tag() or m.group(2) != owner_tag().split("@")[1]:
+            continue   # not a temporary, ours, or another machine's
+        if process_alive(int(m.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

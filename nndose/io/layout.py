@@ -36,7 +36,11 @@ CHECKPOINT_FINAL, CHECKPOINT_BEST, CHECKPOINT_LATEST = "checkpoint_final.pth", "
 CHECKPOINTS = (CHECKPOINT_FINAL, CHECKPOINT_BEST, CHECKPOINT_LATEST)
 OOF_DIR = "oof_predictions"   # each case's first-stage prediction by the fold that did not train on it
 VALIDATION_DIR = "validation"
+SUMMARY_FILE = "summary.json"   # the scores of a prediction folder (nndose_evaluate, a fold's validation)
 TRAINING_LOG = "training_log.txt"
+PROGRESS_PLOT = "progress.png"
+LOCK_FILE = ".training.lock"   # held by the process training a fold
+FINETUNE_FILE = "finetune.json"   # the recipe a fine-tuned model was made with
 
 # ----- predictions ------------------------------------------------------------------------------
 SPREAD_DIR = "spread"

@@ -43,7 +43,7 @@ class StructureVocabulary:
 class DatasetInfo(StructureVocabulary):
     name: str
     structures: dict[str, str]  # name -> kind (target | oar | body), in vocabulary order
-    file_ending: str = ".nii.gz"
+    file_ending: str = NIFTI
     num_training: int = 0
     description: str = ""
     extra: dict = field(default_factory=dict)
@@ -75,7 +75,7 @@ def parse_dataset_json(d: object, source: str) -> DatasetInfo:
     num_training = d.get("numTraining", 0)
     if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
         raise NndoseError(f"{source}: numTraining must be a whole number >= 0, got {num_training!r}")
-    ending = d.get("file_ending", ".nii.gz")
+    ending = d.get("file_ending", NIFTI)
     if not isinstance(ending, str) or not ending.startswith(".") or "/" in ending:
         raise NndoseError(f"{source}: file_ending must be a suffix such as '.nii.gz', got {ending!r}")
     known = {"name", "description", "file_ending", "numTraining", "structures"}
@@ -272,9 +272,9 @@ def load_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> RawCase:
 
 def write_case(case_dir: Path, grid: Grid, ct_hu: np.ndarray, structures: dict[str, np.ndarray], plan: TreatmentPlan,
                dose_gy: np.ndarray | None = None) -> None:
-    """Write a case folder in the raw format: CT as int16 HU (rounded), dose as float32 Gy, each
-    non-empty structure as a uint8 mask, plan.json. The folder must not exist yet (builders stage
-    cases and move them into place)."""
+    """Write a case folder in the raw format, as NIfTI (the file ending of every dataset nndose builds):
+    CT as int16 HU (rounded), dose as float32 Gy, each non-empty structure as a uint8 mask, plan.json.
+    The folder must not exist yet (builders stage cases and move them into place)."""
     case_dir = Path(case_dir)
     (case_dir / STRUCTURES_DIR).mkdir(parents=True)
     write_volume(case_dir / f"{CT_FILE}{NIFTI}", np.clip(np.round(ct_hu), -32768, 32767).astype(np.int16), grid)

@@ -19,10 +19,7 @@ from nndose.io.raw_dataset import DatasetInfo, list_cases, load_case
 from nndose.parallel import map_with_progress
 from nndose.plans import Configuration, Plans
 from nndose.preprocessing.preprocess_case import preprocess_case
-from nndose.preprocessing.storage import save_case
-
-STAMP_FILE = "plans_stamp.txt"
-
+from nndose.preprocessing.storage import STAMP_FILE, save_case
 
 def data_stamp(plans: Plans, conf: Configuration) -> str:
     """A digest of every plan setting the preprocessed arrays depend on."""

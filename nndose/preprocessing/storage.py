@@ -1,7 +1,8 @@
 """Preprocessed cases on disk: compressed, chunked, memory-mappable blosc2 arrays plus a small JSON.
 
 <case>.b2nd holds the input channels (C, Z, Y, X) float32, <case>_dose.b2nd the training target
-(1, Z, Y, X) float32 (dose / reference dose), <case>.json the case's properties. Writes are atomic.
+(1, Z, Y, X) float32 (dose / reference dose), <case>.json the case's properties, plans_stamp.txt the
+digest of the plan settings the arrays were made with. Writes are atomic.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from nndose.io.json_file import read_json
 
 _CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 3, "filters": [blosc2.Filter.SHUFFLE]}
 ARRAY_SUFFIX = ".b2nd"
+STAMP_FILE = "plans_stamp.txt"   # the digest of the plan settings the folder's arrays were made with
 
 
 def _chunks(shape) -> tuple[int, ...]:

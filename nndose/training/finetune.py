@@ -19,7 +19,7 @@ from nndose.plans import Plans, load_plans
 from nndose.training.trainer import nndoseTrainer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FinetuneOptions:
     """The transfer-learning recipe. The pretrained layers that stay trainable learn at `lr_scale` times
     the from-scratch rate; a re-initialised output layer has no pretrained weights to protect and learns

@@ -1,10 +1,13 @@
-"""One training process per fold folder: a lock file holding the owner's host and pid.
+"""One training process per fold folder, by an advisory lock (flock) on a file in the folder.
 
-A lock whose process is gone (killed, machine restarted) is stale and taken over; a live one refuses
-the second process with a one-line error naming the first.
+The operating system releases the lock when its process ends, however it ends (a kill, a crash, a
+lost machine's process on a shared file system that supports locks), so a lock is never stale. The
+file names the holder (host and pid) for the message a second process gets; it stays in the folder,
+unless the folder holds nothing else when the run ends (a run that failed before writing anything).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 from contextlib import contextmanager
@@ -12,17 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from nndose.errors import NndoseError
-from nndose.io.atomic import process_alive
-
-LOCK_FILE = ".training.lock"
-
-
-def _owner(lock: Path) -> tuple[str, int] | None:
-    try:
-        host, pid = lock.read_text().split()
-        return host, int(pid)
-    except (OSError, ValueError):
-        return None
+from nndose.io.layout import LOCK_FILE
 
 
 @contextmanager
@@ -33,23 +26,20 @@ def fold_lock(fold_dir: Path, enabled: bool = True) -> Iterator[None]:
     fold_dir = Path(fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
     lock = fold_dir / LOCK_FILE
-    me = f"{socket.gethostname()} {os.getpid()}\n"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            owner = _owner(lock)
-            if owner and (owner[0] != socket.gethostname() or process_alive(owner[1])):
-                raise NndoseError(f"{fold_dir} is being trained by process {owner[1]} on {owner[0]}; wait for it "
-                                  f"to finish (or delete {lock} if that process is gone)") from None
-            lock.unlink(missing_ok=True)   # stale: its process is gone
-    else:
-        raise NndoseError(f"{lock}: cannot take the training lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["another", "process"]
+            raise NndoseError(f"{fold_dir} is being trained by process {holder[-1]} on {holder[0]}; wait for it to "
+                              f"finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            if [p.name for p in fold_dir.iterdir()] == [LOCK_FILE]:
+                lock.unlink()
     finally:
-        if _owner(lock) == (socket.gethostname(), os.getpid()):
-            lock.unlink(missing_ok=True)
+        os.close(fd)   # releases the lock

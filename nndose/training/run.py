@@ -20,11 +20,11 @@ from torch.multiprocessing.spawn import ProcessRaisedException
 from nndose.devices import resolve_device
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write, remove_stale_temporaries
-from nndose.io.layout import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, MODEL_FILES, MODEL_PLANS_FILE, PLANS_FILE, check_fold,
-                              fold_folder, model_folder, trainer_identifier)
+from nndose.io.layout import (CHECKPOINT_FINAL, CHECKPOINT_LATEST, LOCK_FILE, MODEL_FILES, MODEL_PLANS_FILE, PLANS_FILE, check_fold,
+                              fold_folder, list_folds, model_folder, trainer_identifier)
 from nndose.paths import preprocessed_root, require_dataset, results_root
 from nndose.plans import Plans, load_plans, save_plans
-from nndose.training.fold_lock import LOCK_FILE, fold_lock
+from nndose.training.fold_lock import fold_lock
 from nndose.training.trainer import TrainerSettings, nndoseTrainer
 from nndose.training.trainer_variants import trainer_class
 from nndose.training.validation import validate_fold
@@ -32,7 +32,7 @@ from nndose.training.validation import validate_fold
 log = logging.getLogger("nndose.training")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingRun:
     """One `nndose_train` invocation."""
     dataset_id: int
@@ -60,11 +60,12 @@ class TrainingRun:
         if self.num_gpus < 1:
             raise NndoseError("-num_gpus must be at least 1")
         if self.resume and self.overwrite:
-            raise NndoseError("--c continues a run and --overwrite starts it again: choose one")
+            raise NndoseError("continuing a run and --overwrite (starting it again) exclude each other: choose one")
 
     def settings(self) -> TrainerSettings:
         budget = None if self.time_budget_minutes is None else 60.0 * self.time_budget_minutes
-        return TrainerSettings(self.epochs, self.iterations_per_epoch, budget, None, tuple(self.exclude_sites))
+        return TrainerSettings(epochs=self.epochs, iterations_per_epoch=self.iterations_per_epoch, time_budget_s=budget,
+                               exclude_sites=tuple(self.exclude_sites))
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_model_plan(model_dir: Path, plans: Plans) -> None:
+    """A model folder holds folds of one plan: refuse to add a fold of another (a re-plan since)."""
+    path = model_dir / MODEL_PLANS_FILE
+    if not path.is_file() or load_plans(path).to_json() == plans.to_json():
+        return
+    trained = [f for f in list_folds(model_dir, CHECKPOINT_FINAL) + list_folds(model_dir, CHECKPOINT_LATEST)]
+    if trained:
+        raise NndoseError(f"{model_dir}: its fold(s) {', '.join(sorted(set(trained)))} were trained with another plan than "
+                          f"the preprocessed data's (re-planned since?); predict with the model as it is, or train the "
+                          f"new plan into another results folder")
+
+
 def prepare_model_folder(model_dir: Path, preprocessed_dir: Path, plans: Plans) -> None:
     """Write what inference needs beside the folds: the plan, dataset.json, the fingerprint."""
+    check_model_plan(model_dir, plans)
     model_dir.mkdir(parents=True, exist_ok=True)
     save_plans(model_dir / MODEL_PLANS_FILE, plans)
     for name in MODEL_FILES:
@@ -97,27 +111,36 @@ def prepare_model_folder(model_dir: Path, preprocessed_dir: Path, plans: Plans) 
             atomic_write(model_dir / name, lambda p, s=src: shutil.copyfile(s, p))
 
 
-def begin_fold(out: Path, run: TrainingRun, clear: bool = True) -> bool:
+@dataclass(frozen=True)
+class FoldOptions:
+    """How a command spells its fold options, for its error messages."""
+    resume: str = "--c"
+    validate: str = "--val"
+
+
+def begin_fold(out: Path, run: TrainingRun, clear: bool = True, options: FoldOptions = FoldOptions()) -> bool:
     """Whether to train (False: only validate); refuses what would mix two runs in one fold folder.
     With --overwrite (and `clear`) the fold folder is emptied first."""
     finished, unfinished = (out / CHECKPOINT_FINAL).is_file(), (out / CHECKPOINT_LATEST).is_file()
     if run.validate_only:
         if not finished:
-            raise NndoseError(f"{out}: --val needs a finished fold ({CHECKPOINT_FINAL}); train it first")
+            raise NndoseError(f"{out}: {options.validate} needs a finished fold ({CHECKPOINT_FINAL}); train it first")
         return False
     if run.overwrite:
         if clear:
             _clear_fold(out)
         return True
     if finished and not run.resume:
-        raise NndoseError(f"{out} holds a finished training run; --val validates it again, --overwrite trains it anew")
+        raise NndoseError(f"{out} holds a finished training run; {options.validate} validates it again, "
+                          f"--overwrite trains it anew")
     if finished:
         log.info("fold already trained; validating")
         return False
     if unfinished and not run.resume:
-        raise NndoseError(f"{out} holds an unfinished run; continue it with --c, or start anew with --overwrite")
+        raise NndoseError(f"{out} holds an unfinished run; continue it with {options.resume}, or start anew with --overwrite")
     if run.resume and not unfinished:
-        raise NndoseError(f"--c: {out} has no run to continue ({CHECKPOINT_LATEST} not found); start without --c")
+        raise NndoseError(f"{options.resume}: {out} has no run to continue ({CHECKPOINT_LATEST} not found); "
+                          f"start without {options.resume}")
     return True
 
 
@@ -143,18 +166,24 @@ def train_fold(run: TrainingRun) -> Path:
                 remove_stale_temporaries(model_dir)
             train = begin_fold(out, run, clear=rank == 0)   # every rank reads the same fold folder (shared file system)
             if train:
+                # every check before the first file is written: the cases, a cascade's first stage, the plan
+                job.cls(plans, run.configuration, run.fold, pre, out, dev, job.settings).check_inputs()
                 if rank == 0:
                     prepare_model_folder(model_dir, pre, plans)
                 _train(job, run, dev, rank, world)
             if rank == 0:
-                prepare_model_folder(model_dir, pre, plans)
                 validate_fold(model_dir, run.configuration, run.fold, pre, dev)
     except BaseException:
-        for folder in (out, model_dir, model_dir.parent):   # a run that failed before writing leaves no empty folders
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        remove_empty_folders(out, model_dir, model_dir.parent)
         raise
     return out
+
+
+def remove_empty_folders(*folders: Path) -> None:
+    """A run that failed before writing anything leaves no empty folders (innermost first)."""
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _train(job: _Job, run: TrainingRun, dev: torch.device, rank: int, world: int) -> None:

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 from nndose.devices import resolve_device
 from nndose.io.atomic import atomic_write_json
-from nndose.io.layout import PLANS_FILE, fold_folder, model_folder
+from nndose.io.layout import FINETUNE_FILE, PLANS_FILE, fold_folder, model_folder
 from nndose.paths import preprocessed_root, require_dataset, results_root
 from nndose.plans import load_plans
 from nndose.training.finetune import (FinetuneOptions, finetune_plans, load_pretrained_plans, nndoseTrainer_Finetune,
                                       pretrained_checkpoint)
 from nndose.training.fold_lock import fold_lock
-from nndose.training.run import TrainingRun, begin_fold, prepare_model_folder, start_training
+from nndose.training.run import (FoldOptions, TrainingRun, begin_fold, prepare_model_folder, remove_empty_folders,
+                                 start_training)
 from nndose.training.validation import validate_fold
-
-FINETUNE_FILE = "finetune.json"
 
 
 def finetune_fold(run: TrainingRun, options: FinetuneOptions):
@@ -24,11 +23,17 @@ def finetune_fold(run: TrainingRun, options: FinetuneOptions):
                              run.configuration)
     out = fold_folder(model_dir, run.fold)
     dev = resolve_device(run.device)
-    with fold_lock(out):
-        if begin_fold(out, run):
-            prepare_model_folder(model_dir, pre, plans)
-            atomic_write_json(model_dir / FINETUNE_FILE, {**options.to_json(), "checkpoint": str(ck)})
-            start_training(nndoseTrainer_Finetune(plans, run.configuration, run.fold, pre, out, dev, run.settings(),
-                                                  finetune=options, pretrained_checkpoint=ck), run.resume)
-        validate_fold(model_dir, run.configuration, run.fold, pre, dev)
+    try:
+        with fold_lock(out):
+            if begin_fold(out, run, options=FoldOptions(resume="--continue")):
+                trainer = nndoseTrainer_Finetune(plans, run.configuration, run.fold, pre, out, dev, run.settings(),
+                                                 finetune=options, pretrained_checkpoint=ck)
+                trainer.check_inputs()
+                prepare_model_folder(model_dir, pre, plans)
+                atomic_write_json(model_dir / FINETUNE_FILE, {**options.to_json(), "checkpoint": str(ck)})
+                start_training(trainer, run.resume)
+            validate_fold(model_dir, run.configuration, run.fold, pre, dev)
+    except BaseException:
+        remove_empty_folders(out, model_dir, model_dir.parent)
+        raise
     return out

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from nndose.errors import NndoseError
 from nndose.io.checkpoints import load_checkpoint, save_checkpoint
-from nndose.io.layout import (CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, OOF_DIR, SPLITS_FILE, TRAINING_LOG,
-                              previous_stage_folder)
+from nndose.io.layout import (ALL_FOLD, CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST, OOF_DIR, PROGRESS_PLOT,
+                              SPLITS_FILE, TRAINING_LOG, previous_stage_folder)
 from nndose.networks import build_network
 from nndose.plans import Plans
 from nndose.preprocessing.channels import channel_pad_values
@@ -43,7 +43,7 @@ from nndose.training.progress import plot_progress
 from nndose.training.splits import fold_cases, load_or_create_splits
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainerSettings:
     """What a run may change about a trainer's schedule without a new trainer class."""
     epochs: int | None = None                 # None: the trainer's num_epochs
@@ -153,7 +153,7 @@ class nndoseTrainer:
         keep = [c for c in cases if props[c].get("site") not in self.exclude_sites]
         if not keep:
             raise NndoseError(f"excluding {', '.join(self.exclude_sites)} leaves no case to train on")
-        if self.fold == "all":  # everything trains; a fifth of it also gives the validation MAE
+        if self.fold == ALL_FOLD:  # everything trains; a fifth of it also gives the validation MAE
             return keep, keep[:: 5]
         patients = {c: str(props[c].get("patient_id") or c) for c in cases}
         splits = load_or_create_splits(self.preprocessed_dir / SPLITS_FILE, cases, patients)
@@ -178,11 +178,16 @@ class nndoseTrainer:
         return DataLoader(ds, batch_size=batch, num_workers=workers, pin_memory=self.device.type == "cuda",
                           prefetch_factor=4 if workers else None)
 
-    def initialize(self) -> None:
-        torch.manual_seed(self.seed)
+    def check_inputs(self) -> None:
+        """Everything training needs that can be wrong, checked before anything is built or written:
+        the preprocessed cases match the plan, the split, a cascade's first-stage predictions."""
         self.train_cases, self.val_cases = self._cases()
         if self.stage1_dir is not None:
             self._check_stage1(self.train_cases + self.val_cases)
+
+    def initialize(self) -> None:
+        torch.manual_seed(self.seed)
+        self.check_inputs()
         self.network = self.build_network().to(self.device)
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
@@ -338,7 +343,7 @@ class nndoseTrainer:
             tqdm.write(line)
             with open(self.output_dir / TRAINING_LOG, "a") as f:
                 f.write(line + "\n")
-            plot_progress(self.log, self.output_dir / "progress.png")
+            plot_progress(self.log, self.output_dir / PROGRESS_PLOT)
 
 
 def default_num_workers(device: torch.device, world_size: int = 1) -> int:

@@ -9,6 +9,7 @@ the summary says so.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,11 @@ from nndose.evaluation.evaluate import aggregate, breakdown, score_case
 from nndose.inference.predict_cases import check_dose
 from nndose.inference.predictor import DosePredictor
 from nndose.io.atomic import atomic_write_json
-from nndose.io.layout import ALL_FOLD, OOF_DIR, SPLITS_FILE, TRAIN_DIR, VALIDATION_DIR, fold_folder, prediction_path
+from nndose.io.layout import ALL_FOLD, OOF_DIR, SPLITS_FILE, SUMMARY_FILE, TRAIN_DIR, VALIDATION_DIR, fold_folder, prediction_path
 from nndose.io.raw_dataset import load_case
 from nndose.io.volumes import write_volume
-from nndose.paths import find_dataset, parse_dataset_id, raw_root
+from nndose.paths import ENV_VARIABLES, find_dataset, parse_dataset_id, raw_root
+from nndose.preprocessing.preprocess_dataset import check_data_matches_plan
 from nndose.preprocessing.storage import array_path, load_case as load_preprocessed, save_array
 from nndose.training.splits import load_splits
 
@@ -32,9 +34,10 @@ def validate_fold(model_dir: Path, config: str, fold: str, pre: Path, device: to
     """Predict the fold's validation cases; write validation/summary.json (and the predictions)."""
     if fold == ALL_FOLD:
         return None
-    predictor = DosePredictor(model_dir, config, [fold], device, use_tta=True, previous_folds=[fold])
+    predictor = DosePredictor(model_dir, config, folds=[fold], device=device, use_tta=True, previous_folds=[fold])
     val = load_splits(pre / SPLITS_FILE)[int(fold)]["val"]
     data_dir = pre / predictor.conf.data_identifier
+    check_data_matches_plan(data_dir, predictor.plans, predictor.conf)   # the model's own plan
     raw = _raw_dataset(pre)
     out = fold_folder(model_dir, fold) / VALIDATION_DIR
     scored, preprocessed_grid = [], []
@@ -51,7 +54,7 @@ def validate_fold(model_dir: Path, config: str, fold: str, pre: Path, device: to
         else:
             preprocessed_grid.append(_preprocessed_grid_mae(name, mean, dose, data, props, predictor))
     summary = _summary(scored, preprocessed_grid)
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / SUMMARY_FILE, summary)
     agg = summary["aggregate"]
     if scored:
         print(f"fold {fold} validation: dose score {agg['dose_score']:.3f} Gy, DVH score {agg['dvh_score']:.3f} Gy")
@@ -62,10 +65,9 @@ def validate_fold(model_dir: Path, config: str, fold: str, pre: Path, device: to
 
 
 def _raw_dataset(pre: Path) -> Path | None:
-    try:
-        return find_dataset(raw_root(), parse_dataset_id(pre.name))
-    except Exception:   # nndose_raw unset: validation falls back to the preprocessed grid
+    if not os.environ.get(ENV_VARIABLES[0]):   # nndose_raw unset: validation on the preprocessed grid
         return None
+    return find_dataset(raw_root(), parse_dataset_id(pre.name))
 
 
 def _preprocessed_grid_mae(name, mean, dose, data, props, predictor) -> dict:
@@ -76,8 +78,9 @@ def _preprocessed_grid_mae(name, mean, dose, data, props, predictor) -> dict:
 
 
 def _summary(scored: list[dict], preprocessed_grid: list[dict]) -> dict:
-    if scored:
-        return {"aggregate": aggregate(scored), "breakdown": breakdown(scored), "cases": scored + preprocessed_grid}
+    if scored:   # cases whose raw folder is missing are listed apart, outside the aggregate
+        return {"aggregate": aggregate(scored), "breakdown": breakdown(scored), "cases": scored,
+                **({"cases_on_preprocessed_grid": preprocessed_grid} if preprocessed_grid else {})}
     return {"aggregate": {"mae_body_gy": float(np.mean([c["mae_body_gy"] for c in preprocessed_grid]))},
             "grid": "preprocessed", "cases": preprocessed_grid}
 

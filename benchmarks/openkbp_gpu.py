@@ -243,7 +243,8 @@ def train(args) -> None:
     with open(work / "train.log", "ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
     atomic_write_json(work / "train.json", {"pid": proc.pid, "host": socket.gethostname(), "minutes": args.minutes,
-                                            "started": time.time(), "resumed": resume, "trainer": args.trainer})
+                                            "started": time.time(), "resumed": resume, "trainer": args.trainer,
+                                            "iterations_per_epoch": args.iterations})
     print(f"{'continuing' if resume else 'started'} training (pid {proc.pid}, {left:.2f} min left of {args.minutes:g}); "
           f"log: {work / 'train.log'}")
     if args.wait:
@@ -290,7 +291,7 @@ def finish(args) -> None:
     conf = predictor.conf
     result = {"device": _device_name(), "torch": torch.__version__, "trainer": args.trainer,
               "training_minutes": _trained_seconds(lines) / 60, "epochs": len(lines),
-              "iterations_per_epoch": args.iterations, "plan": {"patch_size_zyx": list(conf.patch_size_zyx),
+              "iterations_per_epoch": _state(work).get("iterations_per_epoch"), "plan": {"patch_size_zyx": list(conf.patch_size_zyx),
                                                                  "batch_size": conf.batch_size,
                                                                  "network": conf.network.to_json(),
                                                                  "training": predictor.plans.training.chosen()},

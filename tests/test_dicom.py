@@ -201,3 +201,11 @@ def test_dicom_in_train_predict_rtdose_out(nndose_env, tmp_path, dicom_map, caps
     rtdose = pydicom.dcmread(rt / "N1" / "RTDOSE_N1.dcm")
     np.testing.assert_allclose(rtdose.pixel_array * float(rtdose.DoseGridScaling), prediction,
                                atol=float(rtdose.DoseGridScaling) + 1e-4)
+    # plan QA straight from the DICOM export (its RTDOSE is the clinical plan's dose)
+    from nndose.cli.plan_qa import main as qa_main
+    code, stdout, err = run_command(qa_main, ["--dicom", str(test_src), "--structure_map", str(dicom_map), "-d", "7",
+                                              "-c", "3d_fullres", "-o", str(tmp_path / "qa"), "--device", "cpu",
+                                              "--disable_tta"], capsys)
+    assert code == 0, err
+    qa = json.loads((tmp_path / "qa/cases/N1/qa.json").read_text())
+    assert {s["name"] for s in qa["structures"]} == {"PTV70", "Ring", "Islands"} and "1 plan(s) checked" in stdout

@@ -8,6 +8,7 @@ Trained model  DatasetXXX_Name/<trainer>__<plans>__<config>/{plans.json, dataset
                dataset_fingerprint.json, oof_predictions/, fold_<k>/checkpoint_*.pth}.
 Predictions    OUT/<case>.nii.gz (dose in Gy) and OUT/spread/<case>.nii.gz (spread across folds):
                spread maps live in their own folder, so no case name can be mistaken for one.
+Plan QA        REPORT/{index.html, qa.json, qa.csv, cases/<case>/{report.html, qa.json, qa.csv}}.
 """
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ FINETUNE_FILE = "finetune.json"   # the recipe a fine-tuned model was made with
 
 # ----- predictions ------------------------------------------------------------------------------
 SPREAD_DIR = "spread"
+
+# ----- plan QA reports --------------------------------------------------------------------------
+QA_INDEX = "index.html"        # the cohort page, ranking the plans
+QA_TABLE_JSON, QA_TABLE_CSV = "qa.json", "qa.csv"   # every number and flag, for the cohort and per case
+QA_CASES_DIR = "cases"         # cases/<case>/{report.html, qa.json, qa.csv}
+QA_CASE_REPORT = "report.html"
 
 
 def case_folders(split_dir: Path) -> list[Path]:

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 from nndose.io.atomic import atomic_write_json, atomic_write_text
+from nndose.io.layout import QA_TABLE_CSV, QA_TABLE_JSON
 from nndose.qa.compare import METRIC_NAMES, CaseQA, rank_cases
 
 FIELDS = ("clinical", "predicted", "lower", "upper")
@@ -37,15 +38,15 @@ def _csv_text(case_qas: list[CaseQA]) -> str:
 
 def write_case_outputs(case_qa: CaseQA, folder: Path | str) -> None:
     """folder/qa.json and folder/qa.csv of one case."""
-    atomic_write_json(Path(folder) / "qa.json", case_qa.to_json())
-    atomic_write_text(Path(folder) / "qa.csv", _csv_text([case_qa]))
+    atomic_write_json(Path(folder) / QA_TABLE_JSON, case_qa.to_json())
+    atomic_write_text(Path(folder) / QA_TABLE_CSV, _csv_text([case_qa]))
 
 
 def write_cohort_outputs(case_qas: list[CaseQA], folder: Path | str) -> None:
     """folder/qa.json and folder/qa.csv of every case, ranked by sparing left (largest first)."""
     ranked = rank_cases(case_qas)
-    atomic_write_json(Path(folder) / "qa.json", {
+    atomic_write_json(Path(folder) / QA_TABLE_JSON, {
         "ranking": [{"case": c.case, "sparing_left_gy": c.sparing_left_gy, "n_flagged_organs": c.n_flagged_organs}
                     for c in ranked],
         "cases": [c.to_json() for c in ranked]})
-    atomic_write_text(Path(folder) / "qa.csv", _csv_text(ranked))
+    atomic_write_text(Path(folder) / QA_TABLE_CSV, _csv_text(ranked))

@@ -1,0 +1,85 @@
+"""nndose_plan_qa -i CASES -d ID -c CONFIG -o REPORT [--dicom DICOM_FOLDER --structure_map map.json] [--tolerance_gy 2] [--tolerance_percent 3]"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from nndose.cli.common import OneLineParser, run_cli
+from nndose.devices import DEVICE_CHOICES, resolve_device
+from nndose.errors import NndoseError
+from nndose.inference.predictor import DosePredictor
+from nndose.io.layout import CHECKPOINT_FINAL, CT_FILE, PLAN_FILE, QA_INDEX, TRAIN_DIR, check_fold, model_folder
+from nndose.io.raw_dataset import list_cases
+from nndose.paths import parse_dataset_id, require_dataset, results_root
+from nndose.qa.compare import Tolerance
+from nndose.qa.run import plan_qa
+
+
+def _cases_from_dicom(dicom: Path, structure_map: Path | None, work: Path) -> list[Path]:
+    """The DICOM patients converted as training cases (their RTDOSE is the clinical dose) into work."""
+    from nndose.dicom.convert import convert_dicom
+    from nndose.dicom.structure_map import load_structure_map
+    smap = load_structure_map(structure_map) if structure_map else None
+    report = convert_dicom(dicom, work / "Dataset000_PlanQA", smap, smap.site if smap else None, test=False)
+    for line in report.problems:
+        sys.stderr.write(f"nndose_plan_qa: {line}\n")
+    if not report.converted:
+        raise NndoseError(f"{dicom}: no patient could be converted (the lines above say why)")
+    return list_cases(work / "Dataset000_PlanQA", TRAIN_DIR)
+
+
+def _main(argv) -> None:
+    ap = OneLineParser(prog="nndose_plan_qa",
+                       description="Compare clinical plans with the dose a trained model predicts is achievable, organ by "
+                                   "organ, and report the plans that could spare an organ more. Exit status 0 whether or "
+                                   "not anything is flagged.")
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("-i", type=Path, help="folder of raw cases, each with its clinical dose.nii.gz")
+    source.add_argument("--dicom", type=Path, help="folder of DICOM RT exports (CT, RTSTRUCT, RTPLAN, RTDOSE), converted on the fly")
+    ap.add_argument("--structure_map", type=Path, help="with --dicom: ROI names -> the model's structure vocabulary")
+    ap.add_argument("-d", required=True, help="dataset id of the trained model")
+    ap.add_argument("-c", required=True, help="configuration")
+    ap.add_argument("-o", required=True, type=Path, help="report folder (index.html, qa.json, qa.csv, cases/)")
+    ap.add_argument("-f", nargs="+", help="folds to ensemble (default: every trained fold; their spread is the interval)")
+    ap.add_argument("-tr", default="nndoseTrainer", help="trainer class (default nndoseTrainer)")
+    ap.add_argument("-p", default="nndosePlans", help="plans name (default nndosePlans)")
+    ap.add_argument("-chk", default=CHECKPOINT_FINAL, help="checkpoint file name")
+    ap.add_argument("--tolerance_gy", type=float, default=Tolerance().gy,
+                    help="a dose difference counts above this many Gy or --tolerance_percent of the prescription, "
+                         "whichever is smaller (default 2)")
+    ap.add_argument("--tolerance_percent", type=float, default=Tolerance().percent,
+                    help="in %% of the prescription for doses, in percentage points of the organ for V-x (default 3)")
+    ap.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    ap.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    args = ap.parse_args(argv)
+    if args.structure_map and not args.dicom:
+        raise NndoseError("--structure_map goes with --dicom")
+    tolerance = Tolerance(args.tolerance_gy, args.tolerance_percent)
+    folds = [check_fold(f) for f in args.f] if args.f else None
+    results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
+    predictor = DosePredictor(model_folder(results, args.tr, args.p, args.c), args.c, folds=folds,
+                              device=resolve_device(args.device), use_tta=not args.disable_tta, checkpoint=args.chk)
+    with tempfile.TemporaryDirectory(prefix="nndose_plan_qa.") as work:
+        if args.dicom:
+            cases = _cases_from_dicom(args.dicom, args.structure_map, Path(work))
+        else:
+            if not args.i.is_dir():
+                raise NndoseError(f"{args.i}: input folder not found")
+            if (args.i / PLAN_FILE).is_file() or any(args.i.glob(f"{CT_FILE}.*")):
+                raise NndoseError(f"{args.i} is a case folder; -i takes the folder that holds the case folders")
+            cases = list_cases(args.i.parent, args.i.name)
+            if not cases:
+                raise NndoseError(f"{args.i}: no case folders (expected <case>/ct.nii.gz, dose.nii.gz, structures/, plan.json)")
+        qas = plan_qa(cases, args.o, predictor, tolerance)
+    flagged = [q for q in qas if q.flagged_organs or q.flagged_targets]
+    for q in sorted(flagged, key=lambda q: -q.sparing_left_gy):
+        parts = [f"organs {', '.join(q.flagged_organs)}"] if q.flagged_organs else []
+        parts += [f"targets {', '.join(q.flagged_targets)}"] if q.flagged_targets else []
+        print(f"{q.case}: flagged {'; '.join(parts)} (sparing left {q.sparing_left_gy:.1f} Gy)")
+    print(f"{len(qas)} plan(s) checked with fold(s) {', '.join(predictor.folds)}, {len(flagged)} with flags; "
+          f"report: {args.o / QA_INDEX}")
+
+
+def main(argv=None) -> None:
+    run_cli("nndose_plan_qa", _main, argv)

@@ -1,0 +1,81 @@
+"""Plan QA of clinical plans: each case predicted by every fold of a trained model (the folds' spread is
+the uncertainty of the achievable dose), compared with the plan's dose organ by organ, and reported:
+
+REPORT/index.html              the plans ranked by the sparing they leave on the table
+REPORT/qa.json, qa.csv         every number and flag of every case
+REPORT/cases/<case>/           report.html (flags, DVH overlays with the predicted band, slices), qa.json, qa.csv
+
+The report folder is built aside and moved into place when every case is done.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from nndose.errors import NndoseError
+from nndose.inference.predict_cases import check_dose
+from nndose.inference.predictor import DosePredictor
+from nndose.io.atomic import remove_stale_temporaries, replace_path, staging_area
+from nndose.io.layout import QA_CASE_REPORT, QA_CASES_DIR, QA_INDEX, QA_TABLE_JSON, check_case_name
+from nndose.io.raw_dataset import RawCase, check_case_files, load_case
+from nndose.qa.compare import CaseQA, Tolerance, compare_case
+from nndose.qa.report import write_case_report, write_cohort_report
+from nndose.qa.tables import write_case_outputs, write_cohort_outputs
+
+
+def fold_doses_gy(predictor: DosePredictor, case: RawCase) -> list[np.ndarray]:
+    """Each fold's predicted dose in Gy on the case's grid (mirroring as the predictor is set)."""
+    data, props = predictor.preprocess(case)
+    doses = [predictor.to_gy(case, fold, props) for fold in predictor.predict_folds(data)]
+    for dose in doses:
+        check_dose(dose, case.name)
+    return doses
+
+
+def qa_case(predictor: DosePredictor, case: RawCase, tolerance: Tolerance) -> tuple[CaseQA, list[np.ndarray]]:
+    """The QA of one case carrying its clinical dose, and the folds' predictions it rests on."""
+    if case.dose is None:
+        raise NndoseError(f"{case.name}: no dose.nii.gz: plan QA compares the clinical plan's dose with the prediction")
+    folds = fold_doses_gy(predictor, case)
+    prescriptions = {p.structure: p.dose_gy for p in case.plan.prescriptions}
+    return compare_case(case.name, case.dose, folds, case.structures, predictor.info.structures, prescriptions,
+                        case.grid.voxel_volume_mm3, tolerance), folds
+
+
+def _check_report_folder(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NndoseError(f"{out_dir}: exists and is not a folder (-o names the report folder)")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / QA_TABLE_JSON).is_file():
+        raise NndoseError(f"{out_dir} exists and is not a plan QA report; choose another -o")
+
+
+def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tolerance: Tolerance = Tolerance(),
+            progress: bool = True) -> list[CaseQA]:
+    """QA of every case folder (each with its clinical dose.nii.gz) into the report folder out_dir."""
+    out_dir = Path(out_dir)
+    _check_report_folder(out_dir)
+    names = [check_case_name(Path(c).name) for c in case_dirs]
+    if not names:
+        raise NndoseError("no case to check")
+    if len(set(names)) != len(names):
+        raise NndoseError("two input cases share a name; every case needs its own")
+    for c in case_dirs:   # the quick checks first: a bad case fails in seconds, not after the others
+        problems = check_case_files(c, predictor.info, require_dose=True)
+        if problems:
+            raise NndoseError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    remove_stale_temporaries(out_dir.parent, out_dir.name)
+    results = []
+    with staging_area(out_dir.parent, f"{out_dir.name}.qa") as stage:
+        for case_dir in tqdm(case_dirs, desc="plan QA", unit="case", disable=not progress):
+            case = load_case(case_dir, predictor.info, require_dose=True)
+            qa, folds = qa_case(predictor, case, tolerance)
+            folder = stage / QA_CASES_DIR / case.name
+            write_case_outputs(qa, folder)
+            write_case_report(qa, case.dose, folds, case.structures, case.ct, folder / QA_CASE_REPORT)
+            results.append(qa)
+        write_cohort_outputs(results, stage)
+        write_cohort_report(results, stage / QA_INDEX, {n: f"{QA_CASES_DIR}/{n}/{QA_CASE_REPORT}" for n in names})
+        replace_path(stage, out_dir)
+    return results

@@ -1,0 +1,106 @@
+"""nndose_plan_qa: clinical plans against the fold ensemble's prediction, organ by organ. A hand-built
+case whose clinical dose is the prediction plus a known excess in one organ is flagged there and
+nowhere else; the command runs end to end on a trained model, on raw cases and on DICOM."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from nndose.cli.plan_qa import main as qa_main
+from nndose.cli.train import main as train_main
+from nndose.io.raw_dataset import load_case, load_dataset_json
+from nndose.io.volumes import read_volume, write_volume
+from tests.conftest import run_command, run_ok
+
+TRAIN_ONE = ["--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"]
+
+
+@pytest.fixture
+def trained(env, capsys):
+    run_ok(train_main, ["42", "3d_fullres", "all", *TRAIN_ONE], capsys)
+    return env
+
+
+def _organ(case, info):
+    """The case's largest organ at risk."""
+    organs = [n for n in case.structures if info.structures.get(n) == "oar"]
+    return max(organs, key=lambda n: case.structures[n].sum())
+
+
+def test_a_known_excess_in_one_organ_is_flagged_there_only(trained, capsys, tmp_path, monkeypatch):
+    raw = trained / "nndose_raw/Dataset042_Tiny"
+    info = load_dataset_json(raw)
+    cases = tmp_path / "clinical"
+    shutil.copytree(raw / "casesTs/phantom_005", cases / "plan_a")
+    reference = load_case(cases / "plan_a", info, require_dose=True)
+    organ = _organ(reference, info)
+    excess = 5.0
+    clinical, grid = read_volume(cases / "plan_a/dose.nii.gz")
+    clinical[reference.structures[organ]] += excess
+    write_volume(cases / "plan_a/dose.nii.gz", clinical, grid)
+    body = reference.structures["Body"]
+    offsets = (-0.2, 0.0, 0.2)   # three "folds": the planned dose shifted inside the body
+
+    def folds(predictor, case):
+        return [np.where(body, reference.dose + o, 0.0).astype(np.float32) for o in offsets]
+    monkeypatch.setattr("nndose.qa.run.fold_doses_gy", folds)
+    report = tmp_path / "report"
+    out = run_ok(qa_main, ["-i", str(cases), "-d", "42", "-c", "3d_fullres", "-o", str(report), "--device", "cpu"], capsys)
+    assert f"plan_a: flagged organs {organ}" in out and "1 with flags" in out
+    qa = json.loads((report / "cases/plan_a/qa.json").read_text())
+    assert qa["flagged_organs"] == [organ] and qa["flagged_targets"] == []
+    dmean = next(m for s in qa["structures"] if s["name"] == organ for m in s["metrics"] if m["name"] == "Dmean")
+    planned = float(reference.dose[reference.structures[organ]].mean())
+    # Dmean is linear in the dose: the prediction is the planned mean, the folds' interval +-0.2 Gy
+    assert dmean["clinical"] == pytest.approx(planned + excess, abs=1e-3)
+    assert dmean["predicted"] == pytest.approx(planned, abs=1e-3)
+    assert (dmean["lower"], dmean["upper"]) == pytest.approx((planned - 0.2, planned + 0.2), abs=1e-3)
+    assert dmean["excess"] == pytest.approx(excess, abs=1e-3) and dmean["flagged"]
+    assert qa["sparing_left_gy"] == pytest.approx(excess - 0.2, abs=1e-3)
+    rows = list(csv.DictReader((report / "qa.csv").read_text().splitlines()))
+    flagged_rows = [r for r in rows if r["flagged"] == "true"]
+    assert [(r["case"], r["structure"]) for r in flagged_rows] == [("plan_a", organ)]
+    index = (report / "index.html").read_text()
+    assert 'href="cases/plan_a/report.html"' in index and (report / "cases/plan_a/report.html").is_file()
+
+
+def test_plan_qa_with_the_trained_model_end_to_end(trained, capsys, tmp_path):
+    raw = trained / "nndose_raw/Dataset042_Tiny"
+    report = tmp_path / "report"
+    out = run_ok(qa_main, ["-i", str(raw / "casesTs"), "-d", "42", "-c", "3d_fullres", "-o", str(report), "-f", "all",
+                           "--device", "cpu", "--disable_tta"], capsys)
+    assert "1 plan(s) checked with fold(s) all" in out
+    qa = json.loads((report / "qa.json").read_text())
+    case = load_case(raw / "casesTs/phantom_005", load_dataset_json(raw), require_dose=True)
+    contoured = {n for n, m in case.structures.items() if n != "Body"}
+    assert {s["name"] for s in qa["cases"][0]["structures"]} == contoured
+    # one fold: every interval is the single prediction
+    assert all(m["lower"] == m["upper"] == m["predicted"] for s in qa["cases"][0]["structures"] for m in s["metrics"])
+    # again into the same report folder: replaced, not mixed
+    run_ok(qa_main, ["-i", str(raw / "casesTs"), "-d", "42", "-c", "3d_fullres", "-o", str(report), "--device", "cpu",
+                     "--disable_tta"], capsys)
+    assert sorted(p.name for p in (report / "cases").iterdir()) == ["phantom_005"]
+
+
+def test_plan_qa_refuses_bad_input_in_one_line(trained, capsys, tmp_path):
+    raw = trained / "nndose_raw/Dataset042_Tiny"
+    no_dose = tmp_path / "no_dose"
+    shutil.copytree(raw / "casesTs/phantom_005", no_dose / "p")
+    (no_dose / "p/dose.nii.gz").unlink()
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("keep")
+    base = ["-d", "42", "-c", "3d_fullres", "--device", "cpu"]
+    for argv, needle in (([*base, "-i", str(no_dose), "-o", str(tmp_path / "r")], "p/dose.nii.gz: file not found"),
+                         ([*base, "-i", str(raw / "casesTs"), "-o", str(occupied)], "is not a plan QA report"),
+                         ([*base, "-i", str(raw / "casesTs"), "-o", str(tmp_path / "r"), "--tolerance_gy", "-1"],
+                          "must be finite and not negative"),
+                         ([*base, "-i", str(raw / "casesTs/phantom_005"), "-o", str(tmp_path / "r")], "is a case folder"),
+                         ([*base, "-i", str(raw / "casesTs"), "-o", str(tmp_path / "r"), "--structure_map", "m.json"],
+                          "--structure_map goes with --dicom")):
+        code, _, err = run_command(qa_main, argv, capsys)
+        lines = [line for line in err.splitlines() if "error:" in line]
+        assert code == 2 and len(lines) == 1 and needle in lines[0], (argv, err)
+    assert not (tmp_path / "r").exists() and (occupied / "notes.txt").read_text() == "keep"

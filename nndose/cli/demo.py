@@ -2,7 +2,8 @@
 
 Generates the phantom dataset, plans and preprocesses it (a small network for the CPU), trains one
 model on the training phantoms, predicts the held-out phantoms, fits the distance-falloff baseline,
-evaluates both and prints a table with where the plots are.
+evaluates both and prints a table with where the plots are; then checks the held-out plans with
+plan QA, one of them re-planned to spare an organ less, and says what was flagged.
 """
 from __future__ import annotations
 
@@ -51,27 +52,28 @@ def _main(argv) -> None:
     from nndose.inference.predict_cases import predict_folder
     from nndose.inference.predictor import DosePredictor
     from nndose.io.atomic import atomic_write_json
-    from nndose.io.layout import SUMMARY_FILE, TEST_DIR, TRAIN_DIR, prediction_path
+    from nndose.cli.demo_qa import qa_step
+    from nndose.io.layout import PROGRESS_PLOT, SUMMARY_FILE, TEST_DIR, TRAIN_DIR, prediction_path
     from nndose.io.raw_dataset import list_cases, load_case
     from nndose.io.volumes import read_volume
     from nndose.paths import dataset_folder_name
     from nndose.training.run import TrainingRun, train_fold
 
     raw = work / "raw" / dataset_folder_name(DATASET_ID, "Phantoms")
-    print(f"[1/5] generating {args.n} phantoms -> {raw}")
+    print(f"[1/6] generating {args.n} phantoms -> {raw}")
     info = generate_phantom_dataset(raw, args.n, seed=0, num_processes=args.np)
-    print("[2/5] fingerprint, plan (a small CPU network) and preprocess")
+    print("[2/6] fingerprint, plan (a small CPU network) and preprocess")
     plan_and_preprocess(DATASET_ID, CPU_PLANNER, PreprocessingRun(configurations=("3d_fullres",), num_processes=args.np))
-    print(f"[3/5] training ({args.epochs} epochs x {args.iterations_per_epoch} iterations)")
+    print(f"[3/6] training ({args.epochs} epochs x {args.iterations_per_epoch} iterations)")
     fold_dir = train_fold(TrainingRun(dataset_id=DATASET_ID, configuration="3d_fullres", fold="all", trainer="nndoseTrainer_CPU",
                                       device=args.device, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch))
-    print("[4/5] predicting the held-out phantoms; fitting the distance-falloff baseline")
+    print("[4/6] predicting the held-out phantoms; fitting the distance-falloff baseline")
     test_dir = raw / TEST_DIR
     net_pred, base_pred = work / "predictions" / "network", work / "predictions" / "falloff_baseline"
     predictor = DosePredictor(fold_dir.parent, "3d_fullres", folds=["all"], device=resolve_device(args.device))
     predict_folder(test_dir, net_pred, predictor)
     FalloffBaseline.fit(list_cases(raw, TRAIN_DIR), info).predict_folder(list_cases(raw, TEST_DIR), info, base_pred)
-    print("[5/5] evaluating")
+    print("[5/6] evaluating")
     rows = {}
     for name, folder in (("network (nndose)", net_pred), ("distance-falloff baseline", base_pred)):
         summary = evaluate_folder(test_dir, folder, info)
@@ -91,7 +93,11 @@ def _main(argv) -> None:
               f"{a['isodose_dice']['50%']['mean']:9.3f}")
     print(f"\nplots: {plots}  (summary.png and one figure per case)")
     print(f"summaries: {net_pred / SUMMARY_FILE}, {base_pred / SUMMARY_FILE}")
-    print(f"training curve: {fold_dir / 'progress.png'}   total time {time.time() - start:.0f} s")
+    print(f"training curve: {fold_dir / PROGRESS_PLOT}")
+    print("\n[6/6] plan QA of the held-out plans (one of them re-planned to spare an organ less)")
+    for line in qa_step(raw, 0, predictor, work):
+        print(line)
+    print(f"total time {time.time() - start:.0f} s")
 
 
 def main(argv=None) -> None:

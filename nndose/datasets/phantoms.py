@@ -91,15 +91,18 @@ def make_case(index: int, seed: int, style: PlanningStyle, site: str | None = No
     machine = MACHINES[rng.choice(len(MACHINES), p=[0.6, 0.25, 0.15])]
     plan = TreatmentPlan(site, modality, machine, tuple(rx), tuple(round(float(c), 2) for c in iso),
                          tuple(beams), tuple(arcs))
-    kinds = {**{t: "target" for t in TARGETS}, **{o: "oar" for o in ORGANS}, BODY: "body"}
-    dose = compute_dose(anatomy.ct, anatomy.grid, anatomy.structures, kinds, plan, style, seed=index)
+    dose = compute_dose(anatomy.ct, anatomy.grid, anatomy.structures, phantom_kinds(), plan, style, seed=index)
     return anatomy, plan, dose
+
+
+def phantom_kinds() -> dict[str, str]:
+    """The phantoms' structure vocabulary: name -> target, oar or body."""
+    return {**{t: "target" for t in TARGETS}, **{o: "oar" for o in ORGANS}, BODY: "body"}
 
 
 def phantom_dataset_info(name: str, num_training: int, style: PlanningStyle, sites: tuple[str, ...] = SITES,
                          modalities: tuple[str, ...] = MODALITIES) -> DatasetInfo:
-    structures = {**{t: "target" for t in TARGETS}, **{o: "oar" for o in ORGANS}, BODY: "body"}
-    return DatasetInfo(name, structures, NIFTI, num_training,
+    return DatasetInfo(name, phantom_kinds(), NIFTI, num_training,
                        f"nndose built-in phantoms: {', '.join(sites)}; {', '.join(modalities)}; "
                        f"analytic dose engine, planning style '{style.name}'",
                        {"licence": "Apache-2.0", "source": "nndose_generate_phantoms"})

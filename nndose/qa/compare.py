@@ -211,6 +211,17 @@ def compare_case(case: str, clinical_gy: np.ndarray, fold_predictions_gy: list[n
     return CaseQA(case, reference_dose_gy, tolerance, tuple(out))
 
 
+def with_tolerance(case_qa: CaseQA, tolerance: Tolerance) -> CaseQA:
+    """The case's QA at another tolerance, from the same clinical values, predictions and intervals."""
+    structures = []
+    for s in case_qa.structures:
+        specs = {m.name: m for m in METRICS[s.kind]}
+        structures.append(StructureQA(s.name, s.kind, tuple(
+            compare_metric(specs[m.name], m.clinical, m.predicted, [m.lower, m.upper],
+                           tolerance.for_unit(m.unit, case_qa.reference_dose_gy)) for m in s.metrics)))
+    return CaseQA(case_qa.case, case_qa.reference_dose_gy, tolerance, tuple(structures))
+
+
 def rank_cases(case_qas: list[CaseQA]) -> list[CaseQA]:
     """Cases by sparing left (sum of organ Dmean above the predicted interval), largest first."""
     return sorted(case_qas, key=lambda c: (-c.sparing_left_gy, c.case))

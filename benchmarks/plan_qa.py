@@ -1,0 +1,103 @@
+"""Plan QA where the truth is known: does nndose_plan_qa flag the organ a plan spares less than it could,
+and leave the others alone?
+
+Prostate and head-and-neck IMRT/VMAT phantoms. A five-fold model is trained on plans of the standard
+style. Each held-out phantom is then planned twice by the phantom engine: in the model's style, and
+deliberately worse for one organ (the optimizer's weight of that organ lowered until its mean dose
+rises by --degradation_percent of the prescription; the candidate organs are the rectum and bladder,
+or the parotids; a phantom whose organs cannot be made that much worse, e.g. one lying in the
+target, is left out and counted). Plan QA runs on both sets. Reported against the tolerance:
+sensitivity (degraded organ flagged), false alarms (organs of the standard plans flagged, and standard
+plans with any flag), and the same for the degraded plans' other organs; with a sweep of tolerances.
+
+python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu.json --small_network -np 2 --device cpu
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import pipeline
+from nndose.cli.common import run_cli
+from nndose.datasets.degraded_plans import degrade
+from nndose.datasets.phantom_dose_engine import STYLES
+from nndose.datasets.phantoms import make_case
+from nndose.devices import resolve_device
+from nndose.inference.predictor import DosePredictor
+from nndose.io.layout import FOLDS, TEST_DIR
+from nndose.io.raw_dataset import list_cases, write_case
+from nndose.qa.compare import Tolerance, with_tolerance
+from nndose.qa.run import plan_qa
+
+SITES = ("prostate", "head_neck")
+MODALITIES = ("IMRT", "VMAT")
+TOLERANCES = ((1.0, 1.5), (1.5, 2.0), (2.0, 3.0), (3.0, 4.5), (4.0, 6.0), (5.0, 8.0))   # (Gy, % of Rx)
+
+
+def write_test_sets(first: int, n: int, seed: int, percent: float, out: Path) -> dict:
+    """The held-out phantoms twice: out/standard/<case>, out/degraded/<case>; returns what was degraded."""
+    truth, skipped = {}, []
+    for index in range(first, first + n):
+        anatomy, plan, dose = make_case(index, seed, STYLES["standard"], sites=SITES, modalities=MODALITIES)
+        name = f"phantom_{index:03d}"
+        worse = degrade(anatomy, plan, dose, percent / 100 * plan.reference_dose_gy, seed=index)
+        if worse is None:
+            skipped.append(name)
+            continue
+        write_case(out / "standard" / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, dose)
+        write_case(out / "degraded" / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, worse.dose_gy)
+        truth[name] = {"site": plan.site, "organ": worse.organ, "weight": worse.weight, "increase_gy": worse.increase_gy,
+                       "increase_percent_of_rx": 100 * worse.increase_gy / plan.reference_dose_gy}
+    return {"degraded": truth, "left_out": skipped}
+
+
+def score(standard: list, degraded_qa: list, truth: dict) -> dict:
+    """Sensitivity and false alarms of one QA run (lists of CaseQA)."""
+    hits = [truth[q.case]["organ"] in q.flagged_organs for q in degraded_qa]
+    others = [s.flagged for q in degraded_qa for s in q.structures
+              if s.kind == "oar" and s.name != truth[q.case]["organ"]]
+    organs = [s.flagged for q in standard for s in q.structures if s.kind == "oar"]
+    return {"sensitivity": float(np.mean(hits)), "degraded_organ_flagged": int(sum(hits)), "degraded_plans": len(hits),
+            "false_alarm_organs": float(np.mean(organs)), "standard_organs": len(organs),
+            "standard_plans_flagged": float(np.mean([bool(q.flagged_organs) for q in standard])),
+            "degraded_plans_other_organs_flagged": float(np.mean(others)) if others else 0.0}
+
+
+def main() -> None:
+    ap = pipeline.phantom_benchmark_parser(__doc__, "/tmp/nndose_plan_qa_bench", 60)
+    ap.add_argument("--n_test", type=int, default=24, help="held-out phantoms planned twice")
+    ap.add_argument("--degradation_percent", type=float, default=5.0, help="mean-dose increase of the degraded organ")
+    args = ap.parse_args()
+    start = time.time()
+    pipeline.use_work_folder(args.work)
+    raw = pipeline.phantoms(970, "QA", args.n, seed=21, num_processes=args.np, test_fraction=0.0,
+                            sites=SITES, modalities=MODALITIES)
+    pipeline.plan(970, args.small_network, num_processes=args.np)
+    for fold in FOLDS:
+        model = pipeline.train(970, args.epochs, args.iterations, args.device, fold=fold)
+    trained = time.time()
+    sets = args.work / "qa_sets"
+    truth = write_test_sets(args.n, args.n_test, 21, args.degradation_percent, sets)
+    predictor = DosePredictor(model, "3d_fullres", folds=list(FOLDS), device=resolve_device(args.device))
+    runs = {}
+    for label in ("standard", "degraded"):
+        runs[label] = plan_qa(list_cases(sets, label), args.work / "reports" / label, predictor, Tolerance(),
+                              progress=False)
+    result = {"phantoms_trained": args.n, "folds": len(FOLDS), "epochs": args.epochs, "iterations_per_epoch": args.iterations,
+              "small_network": args.small_network, "degradation_percent_of_rx": args.degradation_percent,
+              "test_sets": truth, "default_tolerance": score(runs["standard"], runs["degraded"], truth["degraded"])}
+    sweep = {}
+    for gy, percent in TOLERANCES:   # the same predictions, flagged again at other tolerances
+        tol = Tolerance(gy, percent)
+        rerun = {label: [with_tolerance(q, tol) for q in qas] for label, qas in runs.items()}
+        sweep[f"{gy:g} Gy / {tol.percent:g} %"] = score(rerun["standard"], rerun["degraded"], truth["degraded"])
+    result["tolerance_sweep"] = sweep
+    result["seconds"] = {"train": trained - start, "total": time.time() - start}
+    pipeline.write_result(args.o, result)
+
+
+if __name__ == "__main__":
+    run_cli("benchmarks.plan_qa", lambda _argv: main())

@@ -1,0 +1,64 @@
+"""Phantom plans made deliberately worse for one organ: the optimizer's weight of that organ lowered
+until its mean dose rises by a chosen amount, everything else as in the standard style. The truth a
+plan-QA check must find (benchmarks/plan_qa.py, the demo)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nndose.datasets.phantom_anatomy import Anatomy
+from nndose.datasets.phantom_dose_engine import STYLES, compute_dose, degraded
+from nndose.datasets.phantoms import phantom_kinds
+from nndose.io.plan_file import TreatmentPlan
+
+# organs whose sparing the optimizer trades against target coverage, per site
+CANDIDATES = {"prostate": ("Rectum", "Bladder"), "head_neck": ("Parotid_L", "Parotid_R"),
+              "lung": ("Heart", "SpinalCord"), "liver": ("Stomach", "Kidney_R")}
+
+
+@dataclass(frozen=True)
+class DegradedPlan:
+    organ: str
+    weight: float          # the organ's optimizer weight (the standard style's is 0.35)
+    dose_gy: np.ndarray
+    increase_gy: float     # the organ's mean dose over the standard plan's
+
+
+def _dmean(dose: np.ndarray, mask: np.ndarray) -> float:
+    return float(dose[mask].mean())
+
+
+def degrade(anatomy: Anatomy, plan: TreatmentPlan, dose_gy: np.ndarray, increase_gy: float, seed: int,
+            steps: int = 8) -> DegradedPlan | None:
+    """The candidate organ whose mean dose can rise by at least increase_gy (the one that rises most
+    when unspared), its weight bisected so the rise lands just above increase_gy; None when no organ
+    of the plan can be made that much worse (organs in the target, an unmodulated plan). `seed` must be
+    the one the standard plan was computed with (make_case: its index)."""
+    standard = STYLES["standard"]
+
+    def plan_with(organ: str, weight: float) -> np.ndarray:
+        return compute_dose(anatomy.ct, anatomy.grid, anatomy.structures, phantom_kinds(), plan,
+                            degraded(standard, organ, weight), seed=seed)
+    best = None
+    for organ in CANDIDATES.get(plan.site, ()):
+        if organ not in anatomy.structures:
+            continue
+        mask = anatomy.structures[organ]
+        unspared = plan_with(organ, 0.0)
+        rise = _dmean(unspared, mask) - _dmean(dose_gy, mask)
+        if rise >= increase_gy and (best is None or rise > best.increase_gy):
+            best = DegradedPlan(organ, 0.0, unspared, rise)
+    if best is None:
+        return None
+    mask = anatomy.structures[best.organ]
+    low, high = 0.0, standard.organ_weight(best.organ)      # rise(low) >= increase_gy > rise(high) = 0
+    for _ in range(steps):
+        mid = 0.5 * (low + high)
+        trial = plan_with(best.organ, mid)
+        rise = _dmean(trial, mask) - _dmean(dose_gy, mask)
+        if rise >= increase_gy:
+            low, best = mid, DegradedPlan(best.organ, mid, trial, rise)
+        else:
+            high = mid
+    return best

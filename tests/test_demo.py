@@ -13,8 +13,11 @@ def test_demo_network_beats_the_falloff_baseline(tmp_path, capsys):
     assert code == 0, err
     net = json.loads((tmp_path / "demo/predictions/network/summary.json").read_text())["aggregate"]
     base = json.loads((tmp_path / "demo/predictions/falloff_baseline/summary.json").read_text())["aggregate"]
-    assert net["dose_score"] < base["dose_score"] and net["dvh_score"] < base["dvh_score"]
+    # unmistakably better than the rule of thumb: the DVH score at least 30 % below the baseline's
+    assert net["dose_score"] < 0.7 * base["dose_score"] and net["dvh_score"] < 0.7 * base["dvh_score"]
     assert (tmp_path / "demo/plots/summary.png").is_file() and "distance-falloff baseline" in out
+    # the demo's plan QA finds the organ it re-planned worse
+    assert "plan QA flagged" in out and "(missed" not in out and (tmp_path / "demo/plan_qa/index.html").is_file()
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path, capsys):

@@ -6,15 +6,19 @@ style. Each held-out phantom is then planned twice by the phantom engine: in the
 deliberately worse for one organ (the optimizer's weight of that organ lowered until its mean dose
 rises by --degradation_percent of the prescription; the candidate organs are the rectum and bladder,
 or the parotids; a phantom whose organs cannot be made that much worse, e.g. one lying in the
-target, is left out and counted). Plan QA runs on both sets. Reported against the tolerance:
-sensitivity (degraded organ flagged), false alarms (organs of the standard plans flagged, and standard
-plans with any flag), and the same for the degraded plans' other organs; with a sweep of tolerances.
+target, is left out and counted). Plan QA runs on both sets. Reported for each flag rule (the
+tolerance and the folds' interval alone; margins calibrated on the folds' validation cases for 2, 5
+and 10 % false alarms): sensitivity (degraded organ flagged, also per organ), false alarms (organs of
+the standard plans flagged, and standard plans with any flag), and the degraded plans' other organs
+flagged; with a sweep of tolerances. --reuse flags again from the work folder's trained folds.
 
-python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu.json --small_network -np 2 --device cpu
+python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu.json --small_network -np 2 --device cpu \
+    --epochs 40 --iterations 20
 """
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -29,11 +33,14 @@ from nndose.devices import resolve_device
 from nndose.inference.predictor import DosePredictor
 from nndose.io.layout import FOLDS, TEST_DIR
 from nndose.io.raw_dataset import list_cases, write_case
+from nndose.paths import preprocessed_root
+from nndose.qa.calibration import DEFAULT_FALSE_ALARM, calibrate, validation_cases
 from nndose.qa.compare import Tolerance, with_tolerance
 from nndose.qa.run import plan_qa
 
 SITES = ("prostate", "head_neck")
 MODALITIES = ("IMRT", "VMAT")
+FALSE_ALARMS = (0.02, 0.05, 0.10)
 TOLERANCES = ((1.0, 1.5), (1.5, 2.0), (2.0, 3.0), (3.0, 4.5), (4.0, 6.0), (5.0, 8.0))   # (Gy, % of Rx)
 
 
@@ -60,7 +67,11 @@ def score(standard: list, degraded_qa: list, truth: dict) -> dict:
     others = [s.flagged for q in degraded_qa for s in q.structures
               if s.kind == "oar" and s.name != truth[q.case]["organ"]]
     organs = [s.flagged for q in standard for s in q.structures if s.kind == "oar"]
-    return {"sensitivity": float(np.mean(hits)), "degraded_organ_flagged": int(sum(hits)), "degraded_plans": len(hits),
+    by_organ: dict[str, list[bool]] = {}
+    for q, hit in zip(degraded_qa, hits):
+        by_organ.setdefault(truth[q.case]["organ"], []).append(hit)
+    return {"sensitivity": float(np.mean(hits)),
+            "sensitivity_by_organ": {o: f"{sum(h)}/{len(h)}" for o, h in sorted(by_organ.items())}, "degraded_organ_flagged": int(sum(hits)), "degraded_plans": len(hits),
             "false_alarm_organs": float(np.mean(organs)), "standard_organs": len(organs),
             "standard_plans_flagged": float(np.mean([bool(q.flagged_organs) for q in standard])),
             "degraded_plans_other_organs_flagged": float(np.mean(others)) if others else 0.0}
@@ -70,31 +81,48 @@ def main() -> None:
     ap = pipeline.phantom_benchmark_parser(__doc__, "/tmp/nndose_plan_qa_bench", 60)
     ap.add_argument("--n_test", type=int, default=24, help="held-out phantoms planned twice")
     ap.add_argument("--degradation_percent", type=float, default=5.0, help="mean-dose increase of the degraded organ")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the work folder's dataset, trained folds and test sets (QA again, e.g. after a change of the flag rule)")
     args = ap.parse_args()
     start = time.time()
-    pipeline.use_work_folder(args.work)
-    raw = pipeline.phantoms(970, "QA", args.n, seed=21, num_processes=args.np, test_fraction=0.0,
-                            sites=SITES, modalities=MODALITIES)
-    pipeline.plan(970, args.small_network, num_processes=args.np)
+    work = pipeline.use_work_folder(args.work, keep=args.reuse)
+    if not (args.reuse and list(preprocessed_root().glob("Dataset970_*/plans.json"))):
+        pipeline.phantoms(970, "QA", args.n, seed=21, num_processes=args.np, test_fraction=0.0,
+                          sites=SITES, modalities=MODALITIES)
+        pipeline.plan(970, args.small_network, num_processes=args.np)
     for fold in FOLDS:
-        model = pipeline.train(970, args.epochs, args.iterations, args.device, fold=fold)
+        model = pipeline.train(970, args.epochs, args.iterations, args.device, fold=fold, reuse=args.reuse)
     trained = time.time()
-    sets = args.work / "qa_sets"
-    truth = write_test_sets(args.n, args.n_test, 21, args.degradation_percent, sets)
+    sets = work / "qa_sets"
+    if args.reuse and (sets / "truth.json").is_file():
+        truth = json.loads((sets / "truth.json").read_text())
+    else:
+        shutil.rmtree(sets, ignore_errors=True)
+        truth = write_test_sets(args.n, args.n_test, 21, args.degradation_percent, sets)
+        (sets / "truth.json").write_text(json.dumps(truth, indent=1))
     predictor = DosePredictor(model, "3d_fullres", folds=list(FOLDS), device=resolve_device(args.device))
     runs = {}
-    for label in ("standard", "degraded"):
-        runs[label] = plan_qa(list_cases(sets, label), args.work / "reports" / label, predictor, Tolerance(),
+    for label in ("standard", "degraded"):   # flagged with the default rule: margins from the folds' validation
+        runs[label] = plan_qa(list_cases(sets, label), work / "reports" / label, predictor, Tolerance(),
                               progress=False)
+    oof = validation_cases(model, list(FOLDS))
+    rules = {"tolerance and folds' interval only (uncalibrated)": None}
+    rules.update({f"calibrated for {100 * rate:g} % false alarms": calibrate(oof, rate) for rate in FALSE_ALARMS})
+
+    def scored(tolerance: Tolerance, calibration) -> dict:   # the same predictions, flagged again
+        rerun = {label: [with_tolerance(q, tolerance, calibration) for q in qas] for label, qas in runs.items()}
+        return score(rerun["standard"], rerun["degraded"], truth["degraded"])
+    default = calibrate(oof, DEFAULT_FALSE_ALARM)
     result = {"phantoms_trained": args.n, "folds": len(FOLDS), "epochs": args.epochs, "iterations_per_epoch": args.iterations,
               "small_network": args.small_network, "degradation_percent_of_rx": args.degradation_percent,
-              "test_sets": truth, "default_tolerance": score(runs["standard"], runs["degraded"], truth["degraded"])}
-    sweep = {}
-    for gy, percent in TOLERANCES:   # the same predictions, flagged again at other tolerances
-        tol = Tolerance(gy, percent)
-        rerun = {label: [with_tolerance(q, tol) for q in qas] for label, qas in runs.items()}
-        sweep[f"{gy:g} Gy / {tol.percent:g} %"] = score(rerun["standard"], rerun["degraded"], truth["degraded"])
-    result["tolerance_sweep"] = sweep
+              "test_sets": truth, "validation_cases": len(oof),
+              "default_rule": scored(Tolerance(), default),
+              "flag_rules": {name: scored(Tolerance(), cal) for name, cal in rules.items()},
+              "calibration": None if default is None else {k: v for k, v in default.to_json().items()
+                                                           if k in ("levels", "calibration_rate", "pooled_margins")}}
+    result["tolerance_sweep"] = {rule: {f"{gy:g} Gy / {percent:g} %": scored(Tolerance(gy, percent), cal)
+                                        for gy, percent in TOLERANCES}
+                                 for rule, cal in (("uncalibrated", None), ("calibrated 5 %", default))}
     result["seconds"] = {"train": trained - start, "total": time.time() - start}
     pipeline.write_result(args.o, result)
 

@@ -101,8 +101,14 @@ def test_validation_and_out_of_fold_predictions_need_no_raw_folder(env, capsys, 
     # the same fold validated again with the raw cases, in Gy on their original grids: the same error
     monkeypatch.setenv("nndose_raw", str(raw))
     run_ok(train_main, ["42", "3d_fullres", "0", "--val", "--device", "cpu"], capsys)
-    original = json.loads((model / "fold_0/validation/summary.json").read_text())["aggregate"]["mae_body_gy"]["mean"]
-    assert summary["aggregate"]["mae_body_gy"] == pytest.approx(original, rel=0.2)
+    scored = json.loads((model / "fold_0/validation/summary.json").read_text())
+    assert summary["aggregate"]["mae_body_gy"] == pytest.approx(scored["aggregate"]["mae_body_gy"]["mean"], rel=0.2)
+    # plan QA's calibration input: the same DVH points without the cases' names
+    points_text = (model / "fold_0/validation/dvh_points.json").read_text()
+    assert not any(name in points_text for name in splits[0]["val"])
+    points = json.loads(points_text)
+    assert sorted(c["structures"][n]["planned"]["Dmean"] for c in points for n in c["structures"]) == sorted(
+        c["structures"][n]["reference"]["Dmean"] for c in scored["cases"] for n in c["structures"])
 
 
 def test_a_variant_network_is_a_plan_change(env, capsys):

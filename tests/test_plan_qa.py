@@ -104,3 +104,62 @@ def test_plan_qa_refuses_bad_input_in_one_line(trained, capsys, tmp_path):
         lines = [line for line in err.splitlines() if "error:" in line]
         assert code == 2 and len(lines) == 1 and needle in lines[0], (argv, err)
     assert not (tmp_path / "r").exists() and (occupied / "notes.txt").read_text() == "keep"
+
+
+def test_an_excess_the_model_is_known_to_make_is_not_flagged(trained, capsys, tmp_path, monkeypatch):
+    """The same 5 Gy excess in one organ, but the model's validation cases show it under-predicts that
+    organ's doses by 5.5 to 6.5 Gy (and its V-x by more than any organ has): calibrated, plan QA leaves
+    the organ alone; --no_calibration flags it."""
+    from nndose.qa.compare import METRICS
+    raw = trained / "nndose_raw/Dataset042_Tiny"
+    info = load_dataset_json(raw)
+    cases = tmp_path / "clinical"
+    shutil.copytree(raw / "casesTs/phantom_005", cases / "plan_a")
+    reference = load_case(cases / "plan_a", info, require_dose=True)
+    organ = _organ(reference, info)
+    clinical, grid = read_volume(cases / "plan_a/dose.nii.gz")
+    clinical[reference.structures[organ]] += 5.0
+    write_volume(cases / "plan_a/dose.nii.gz", clinical, grid)
+    monkeypatch.setattr("nndose.qa.run.fold_doses_gy", lambda predictor, case: [reference.dose.astype(np.float32)])
+    validation = []
+    for w in np.linspace(5.5, 6.5, 40):
+        predicted = {m.name: 20.0 for m in METRICS["oar"]}
+        validation.append({"site": "prostate", "reference_dose_gy": 70.0, "structures": {
+            organ: {"kind": "oar", "predicted": predicted,
+                    "planned": {m.name: 20.0 + (w if m.unit == "Gy" else 20 * w) for m in METRICS["oar"]}}}})
+    path = trained / "nndose_results/Dataset042_Tiny/nndoseTrainer__nndosePlans__3d_fullres/fold_all/validation/dvh_points.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(validation))
+    base = ["-i", str(cases), "-d", "42", "-c", "3d_fullres", "--device", "cpu"]
+    out = run_ok(qa_main, [*base, "-o", str(tmp_path / "calibrated")], capsys)
+    assert "flags calibrated on 40 validation cases of the folds (oar) for at most 5 % false alarms" in out
+    qa = json.loads((tmp_path / "calibrated/cases/plan_a/qa.json").read_text())
+    dmean = next(m for s in qa["structures"] if s["name"] == organ for m in s["metrics"] if m["name"] == "Dmean")
+    assert dmean["excess"] == pytest.approx(5.0, abs=1e-3) and dmean["margin"] >= 6.0 and not dmean["flagged"]
+    assert "within the model's validated error" in dmean["reason"] and organ not in qa["flagged_organs"]
+    assert qa["calibration"] == {"false_alarm": 0.05, "validation_cases": 40, "kinds": ["oar"],
+                                 "source": "fold validation"}
+    cohort = json.loads((tmp_path / "calibrated/qa.json").read_text())
+    assert cohort["calibration"]["margins"]["oar"][organ]["Dmean"] == pytest.approx(dmean["margin"])
+    out = run_ok(qa_main, [*base, "-o", str(tmp_path / "plain"), "--no_calibration"], capsys)
+    assert f"plan_a: flagged organs {organ}" in out and "(--no_calibration)" in out
+    code, _, err = run_command(qa_main, [*base, "-o", str(tmp_path / "bad"), "--false_alarm_percent", "0"], capsys)
+    assert code != 0 and "--false_alarm_percent 0.0 must lie between 0 and 100" in err and not (tmp_path / "bad").exists()
+
+
+def test_margins_learnt_on_calibration_plans_given_apart(trained, capsys, tmp_path):
+    """The 'all' fold has no validation; --calibration_cases learns the margins on plans given apart
+    (here the five training phantoms: some 30 organs, enough for 30 % false alarms, too few for 1 %)."""
+    raw = trained / "nndose_raw/Dataset042_Tiny"
+    base = ["-i", str(raw / "casesTs"), "-d", "42", "-c", "3d_fullres", "--device", "cpu", "--disable_tta",
+            "--calibration_cases", str(raw / "casesTr")]
+    out = run_ok(qa_main, [*base, "-o", str(tmp_path / "r"), "--false_alarm_percent", "30"], capsys)
+    assert "flags calibrated on 5 held-out calibration plans" in out and "for at most 30 % false alarms" in out
+    cohort = json.loads((tmp_path / "r/qa.json").read_text())
+    assert cohort["calibration"]["source"] == "calibration cases" and cohort["calibration"]["validation_cases"] == 5
+    assert all(m["margin"] is not None for s in cohort["cases"][0]["structures"] if s["kind"] in cohort["calibration"]["levels"]
+               for m in s["metrics"])
+    code, _, err = run_command(qa_main, [*base, "-o", str(tmp_path / "too_few"), "--false_alarm_percent", "1"], capsys)
+    assert code != 0 and "5 plans are too few to calibrate 1 % false alarms" in err and not (tmp_path / "too_few").exists()
+    code, _, err = run_command(qa_main, [*base, "-o", str(tmp_path / "both"), "--no_calibration"], capsys)
+    assert code != 0 and "exclude each other" in err and err.count("\n") == 1

@@ -95,7 +95,7 @@ def _main(argv) -> None:
     print(f"summaries: {net_pred / SUMMARY_FILE}, {base_pred / SUMMARY_FILE}")
     print(f"training curve: {fold_dir / PROGRESS_PLOT}")
     print("\n[6/6] plan QA of the held-out plans (one of them re-planned to spare an organ less)")
-    for line in qa_step(raw, 0, predictor, work):
+    for line in qa_step(raw, 0, args.n, predictor, work):
         print(line)
     print(f"total time {time.time() - start:.0f} s")
 

@@ -1,4 +1,5 @@
-"""nndose_plan_qa -i CASES -d ID -c CONFIG -o REPORT [--dicom DICOM_FOLDER --structure_map map.json] [--tolerance_gy 2] [--tolerance_percent 3]"""
+"""nndose_plan_qa -i CASES -d ID -c CONFIG -o REPORT [--dicom DICOM_FOLDER --structure_map map.json] [--tolerance_gy 2]
+[--tolerance_percent 3] [--false_alarm_percent 5 | --no_calibration]"""
 from __future__ import annotations
 
 import sys
@@ -10,10 +11,11 @@ from nndose.devices import DEVICE_CHOICES, resolve_device
 from nndose.errors import NndoseError
 from nndose.inference.predictor import DosePredictor
 from nndose.io.layout import CHECKPOINT_FINAL, CT_FILE, PLAN_FILE, QA_INDEX, TRAIN_DIR, check_fold, model_folder
-from nndose.io.raw_dataset import list_cases
+from nndose.io.raw_dataset import check_case_files, list_cases
 from nndose.paths import parse_dataset_id, require_dataset, results_root
+from nndose.qa.calibration import DEFAULT_FALSE_ALARM
 from nndose.qa.compare import Tolerance
-from nndose.qa.run import plan_qa
+from nndose.qa.run import calibration_from_cases, plan_qa
 
 
 def _cases_from_dicom(dicom: Path, structure_map: Path | None, work: Path) -> list[Path]:
@@ -27,6 +29,32 @@ def _cases_from_dicom(dicom: Path, structure_map: Path | None, work: Path) -> li
     if not report.converted:
         raise NndoseError(f"{dicom}: no patient could be converted (the lines above say why)")
     return list_cases(work / "Dataset000_PlanQA", TRAIN_DIR)
+
+
+def _case_folders(folder: Path, option: str) -> list[Path]:
+    """The case folders inside `folder` (refusing a case folder itself)."""
+    if not folder.is_dir():
+        raise NndoseError(f"{folder}: {option} folder not found")
+    if (folder / PLAN_FILE).is_file() or any(folder.glob(f"{CT_FILE}.*")):
+        raise NndoseError(f"{folder} is a case folder; {option} takes the folder that holds the case folders")
+    cases = list_cases(folder.parent, folder.name)
+    if not cases:
+        raise NndoseError(f"{folder}: no case folders (expected <case>/ct.nii.gz, dose.nii.gz, structures/, plan.json)")
+    return cases
+
+
+def calibration_line(calibration: dict | None, disabled: bool) -> str:
+    """What the flags rest on, in one line."""
+    if calibration and calibration.get("source") == "calibration cases":
+        return (f"flags calibrated on {calibration['validation_cases']} held-out calibration plans "
+                f"({', '.join(calibration['kinds'])}) for at most {100 * calibration['false_alarm']:g} % false alarms")
+    if calibration:
+        return (f"flags calibrated on {calibration['validation_cases']} validation cases of the folds "
+                f"({', '.join(calibration['kinds'])}) for at most {100 * calibration['false_alarm']:g} % false alarms")
+    if disabled:
+        return "flags from the tolerance and the folds' interval alone (--no_calibration)"
+    return ("flags from the tolerance and the folds' interval alone: the folds have no validation to calibrate on "
+            "(the 'all' fold, too few validation cases, or a model trained before nndose kept them)")
 
 
 def _main(argv) -> None:
@@ -50,12 +78,26 @@ def _main(argv) -> None:
                          "whichever is smaller (default 2)")
     ap.add_argument("--tolerance_percent", type=float, default=Tolerance().percent,
                     help="in %% of the prescription for doses, in percentage points of the organ for V-x (default 3)")
+    ap.add_argument("--false_alarm_percent", type=float, default=100 * DEFAULT_FALSE_ALARM,
+                    help="margins learnt on the folds' validation cases so that at most this %% of the structures of "
+                         "plans made like the training plans are flagged (default 5)")
+    ap.add_argument("--calibration_cases", type=Path,
+                    help="folder of plans (case folders with their dose) the model never trained on, to learn the margins "
+                         "from instead of the folds' validation cases (e.g. for the 'all' fold)")
+    ap.add_argument("--no_calibration", action="store_true",
+                    help="flag on the tolerance and the folds' interval alone, not the model's validated error")
     ap.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     ap.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     args = ap.parse_args(argv)
     if args.structure_map and not args.dicom:
         raise NndoseError("--structure_map goes with --dicom")
     tolerance = Tolerance(args.tolerance_gy, args.tolerance_percent)
+    if not 0 < args.false_alarm_percent < 100:
+        raise NndoseError(f"--false_alarm_percent {args.false_alarm_percent} must lie between 0 and 100")
+    false_alarm = None if args.no_calibration else args.false_alarm_percent / 100
+    if args.calibration_cases and args.no_calibration:
+        raise NndoseError("--calibration_cases and --no_calibration exclude each other")
+    calibration_dirs = _case_folders(args.calibration_cases, "--calibration_cases") if args.calibration_cases else []
     folds = [check_fold(f) for f in args.f] if args.f else None
     results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
     predictor = DosePredictor(model_folder(results, args.tr, args.p, args.c), args.c, folds=folds,
@@ -64,19 +106,24 @@ def _main(argv) -> None:
         if args.dicom:
             cases = _cases_from_dicom(args.dicom, args.structure_map, Path(work))
         else:
-            if not args.i.is_dir():
-                raise NndoseError(f"{args.i}: input folder not found")
-            if (args.i / PLAN_FILE).is_file() or any(args.i.glob(f"{CT_FILE}.*")):
-                raise NndoseError(f"{args.i} is a case folder; -i takes the folder that holds the case folders")
-            cases = list_cases(args.i.parent, args.i.name)
-            if not cases:
-                raise NndoseError(f"{args.i}: no case folders (expected <case>/ct.nii.gz, dose.nii.gz, structures/, plan.json)")
-        qas = plan_qa(cases, args.o, predictor, tolerance)
+            cases = _case_folders(args.i, "-i")
+        calibration = None
+        if calibration_dirs:
+            for c in calibration_dirs:
+                problems = check_case_files(c, predictor.info, require_dose=True)
+                if problems:
+                    raise NndoseError(problems[0])
+            calibration = calibration_from_cases(predictor, calibration_dirs, false_alarm)
+            if calibration is None:
+                raise NndoseError(f"{args.calibration_cases}: {len(calibration_dirs)} plans are too few to calibrate "
+                                  f"{args.false_alarm_percent:g} % false alarms")
+        qas = plan_qa(cases, args.o, predictor, tolerance, false_alarm=false_alarm, calibration=calibration)
     flagged = [q for q in qas if q.flagged_organs or q.flagged_targets]
     for q in sorted(flagged, key=lambda q: -q.sparing_left_gy):
         parts = [f"organs {', '.join(q.flagged_organs)}"] if q.flagged_organs else []
         parts += [f"targets {', '.join(q.flagged_targets)}"] if q.flagged_targets else []
         print(f"{q.case}: flagged {'; '.join(parts)} (sparing left {q.sparing_left_gy:.1f} Gy)")
+    print(calibration_line(qas[0].calibration, args.no_calibration))
     print(f"{len(qas)} plan(s) checked with fold(s) {', '.join(predictor.folds)}, {len(flagged)} with flags; "
           f"report: {args.o / QA_INDEX}")
 

@@ -44,6 +44,16 @@ def score_case(case: RawCase, pred: np.ndarray, info: DatasetInfo) -> dict:
     return m
 
 
+def dvh_points_without_names(scored: list[dict]) -> list[dict]:
+    """Scored cases (score_case) reduced to their structures' planned and predicted DVH points, site and
+    reference dose, in a random order and without the cases' names: what plan QA calibrates on."""
+    out = [{"site": c["site"], "reference_dose_gy": c["reference_dose_gy"],
+            "structures": {n: {"kind": s["kind"], "planned": s["reference"], "predicted": s["prediction"]}
+                           for n, s in c["structures"].items()}} for c in scored]
+    np.random.default_rng().shuffle(out)
+    return out
+
+
 def aggregate(cases: list[dict]) -> dict:
     errors = [e for c in cases for s in c["openkbp_dvh_errors"].values() for e in s.values()]
     out = {"dose_score": float(np.mean([c["dose_error_openkbp"] for c in cases])),

@@ -38,6 +38,9 @@ CHECKPOINTS = (CHECKPOINT_FINAL, CHECKPOINT_BEST, CHECKPOINT_LATEST)
 OOF_DIR = "oof_predictions"   # each case's first-stage prediction by the fold that did not train on it
 VALIDATION_DIR = "validation"
 SUMMARY_FILE = "summary.json"   # the scores of a prediction folder (nndose_evaluate, a fold's validation)
+# a fold's validation cases' planned and predicted DVH points, without case names: what plan QA
+# calibrates its flags on (the model's own out-of-fold error); shared in model zips
+VALIDATION_DVH_FILE = "dvh_points.json"
 TRAINING_LOG = "training_log.txt"
 PROGRESS_PLOT = "progress.png"
 LOCK_FILE = ".training.lock"   # held by the process training a fold

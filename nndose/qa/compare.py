@@ -2,8 +2,9 @@
 
 Predicted value = the metric of the ensemble mean dose; interval = [min, max] of the metric over the
 folds, widened to hold the predicted value (one fold: the point). A metric is flagged when the clinical
-value is worse than predicted by more than the tolerance and lies outside the interval on the worse
-side. Organs at risk: Dmean, D0.1cc, D2 and V5/V20/V30/V40 Gy (% of the volume), higher is worse.
+value is worse than predicted by more than the tolerance, lies outside the interval on the worse side,
+and, for a model whose folds were validated, is worse by more than the model's own error allows (the
+margin calibrated on its validation cases, qa/calibration.py). Organs at risk: Dmean, D0.1cc, D2 and V5/V20/V30/V40 Gy (% of the volume), higher is worse.
 Targets: D95 and D98 (coverage, lower is worse) and D2 (hot spot, higher is worse).
 """
 from __future__ import annotations
@@ -61,6 +62,7 @@ class MetricQA:
     upper: float
     excess: float  # clinical worse than predicted by this much (negative: better)
     tolerance: float
+    margin: float | None   # the calibrated margin (None: the model's error is unknown)
     flagged: bool
     reason: str
 
@@ -96,6 +98,7 @@ class CaseQA:
     reference_dose_gy: float
     tolerance: Tolerance
     structures: tuple[StructureQA, ...]
+    calibration: dict | None = None   # false alarm rate, validation cases and kinds of the margins (None: none)
 
     @property
     def flagged_organs(self) -> tuple[str, ...]:
@@ -121,48 +124,53 @@ class CaseQA:
     def to_json(self) -> dict:
         return {"case": self.case, "reference_dose_gy": self.reference_dose_gy,
                 "tolerance": {"gy": self.tolerance.gy, "percent": self.tolerance.percent},
+                "calibration": self.calibration,
                 "n_flagged_organs": self.n_flagged_organs, "flagged_organs": list(self.flagged_organs),
                 "flagged_targets": list(self.flagged_targets), "sparing_left_gy": self.sparing_left_gy,
                 "structures": [s.to_json() for s in self.structures]}
 
 
-def _reason(spec: MetricSpec, clinical: float, predicted: float, lower: float, upper: float, excess: float,
-            tolerance: float, flagged: bool) -> str:
+def _reason(spec: MetricSpec, m: dict) -> str:
     u = spec.unit if spec.unit == "Gy" else "percentage points"
-    head = f"{spec.name} {clinical:.1f} {spec.unit} vs predicted {predicted:.1f} {spec.unit} [{lower:.1f}, {upper:.1f}]"
-    if flagged:
-        return f"{head}: {excess:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than achievable"
-    if excess <= 0:
+    head = (f"{spec.name} {m['clinical']:.1f} {spec.unit} vs predicted {m['predicted']:.1f} {spec.unit} "
+            f"[{m['lower']:.1f}, {m['upper']:.1f}]")
+    if m["flagged"]:
+        return f"{head}: {m['excess']:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than achievable"
+    if m["excess"] <= 0:
         return f"{head}: no worse than predicted"
-    if excess <= tolerance:
-        return f"{head}: within the {tolerance:.1f} {u} tolerance"
+    if m["excess"] <= m["tolerance"]:
+        return f"{head}: within the {m['tolerance']:.1f} {u} tolerance"
+    if m["margin"] is not None and m["excess"] <= m["margin"]:
+        return f"{head}: within the model's validated error ({m['margin']:.1f} {u})"
     return f"{head}: inside the folds' interval"
 
 
 def compare_metric(spec: MetricSpec, clinical: float, predicted: float, fold_values: list[float],
-                   tolerance: float) -> MetricQA:
+                   tolerance: float, margin: float | None = None) -> MetricQA:
     """One metric: the interval of the folds (widened to hold `predicted`) and the flag rule."""
     lower, upper = min(min(fold_values), predicted), max(max(fold_values), predicted)
     if spec.higher_is_worse:
-        excess = clinical - predicted
-        flagged = excess > tolerance and clinical > upper
+        excess, outside = clinical - predicted, clinical > upper
     else:
-        excess = predicted - clinical
-        flagged = excess > tolerance and clinical < lower
-    return MetricQA(spec.name, spec.unit, spec.higher_is_worse, clinical, predicted, lower, upper, excess,
-                    tolerance, flagged, _reason(spec, clinical, predicted, lower, upper, excess, tolerance, flagged))
+        excess, outside = predicted - clinical, clinical < lower
+    flagged = excess > tolerance and outside and (margin is None or excess > margin)
+    m = dict(clinical=clinical, predicted=predicted, lower=lower, upper=upper, excess=excess, tolerance=tolerance,
+             margin=margin, flagged=flagged)
+    return MetricQA(spec.name, spec.unit, spec.higher_is_worse, **m, reason=_reason(spec, m))
 
 
 def compare_structure(name: str, kind: str, clinical_gy: np.ndarray, predicted_gy: np.ndarray,
                       fold_predictions_gy: list[np.ndarray], voxel_mm3: float, tolerance: Tolerance,
-                      reference_dose_gy: float) -> StructureQA:
-    """One structure from the dose values inside it (1-D arrays: clinical, ensemble mean, each fold)."""
+                      reference_dose_gy: float, margins: dict[str, float] | None = None) -> StructureQA:
+    """One structure from the dose values inside it (1-D arrays: clinical, ensemble mean, each fold);
+    `margins`: the calibrated margin of each metric (None: uncalibrated)."""
     clinical = dvh_points(clinical_gy, kind, voxel_mm3)
     predicted = dvh_points(predicted_gy, kind, voxel_mm3)
     folds = [dvh_points(f, kind, voxel_mm3) for f in fold_predictions_gy]
     return StructureQA(name, kind, tuple(
         compare_metric(m, clinical[m.name], predicted[m.name], [f[m.name] for f in folds],
-                       tolerance.for_unit(m.unit, reference_dose_gy)) for m in METRICS[kind]))
+                       tolerance.for_unit(m.unit, reference_dose_gy), None if margins is None else margins.get(m.name))
+        for m in METRICS[kind]))
 
 
 def ensemble_mean(fold_predictions_gy: list[np.ndarray]) -> np.ndarray:
@@ -192,9 +200,10 @@ def _check(clinical_gy: np.ndarray, fold_predictions_gy: list[np.ndarray], struc
 
 def compare_case(case: str, clinical_gy: np.ndarray, fold_predictions_gy: list[np.ndarray],
                  structures: dict[str, np.ndarray], kinds: dict[str, str], prescriptions_gy: dict[str, float],
-                 voxel_mm3: float, tolerance: Tolerance = Tolerance()) -> CaseQA:
+                 voxel_mm3: float, tolerance: Tolerance = Tolerance(), calibration=None) -> CaseQA:
     """Plan QA of one case; all arrays on one grid, doses in Gy. Targets first, then organs at risk,
-    each in the order of `structures`; body, unknown kinds and empty masks are skipped."""
+    each in the order of `structures`; body, unknown kinds and empty masks are skipped. `calibration`:
+    the model's margins (a qa.calibration.Calibration), None for the tolerance and interval alone."""
     _check(clinical_gy, fold_predictions_gy, structures, prescriptions_gy, voxel_mm3)
     reference_dose_gy = float(max(prescriptions_gy.values()))
     mean = ensemble_mean(fold_predictions_gy)
@@ -207,19 +216,31 @@ def compare_case(case: str, clinical_gy: np.ndarray, fold_predictions_gy: list[n
             if kinds.get(name) != kind or not mask.any():
                 continue
             out.append(compare_structure(name, kind, clinical[mask], mean[mask], [f[mask] for f in folds],
-                                         voxel_mm3, tolerance, reference_dose_gy))
-    return CaseQA(case, reference_dose_gy, tolerance, tuple(out))
+                                         voxel_mm3, tolerance, reference_dose_gy,
+                                         None if calibration is None else calibration.margins_for(name, kind)))
+    return CaseQA(case, reference_dose_gy, tolerance, tuple(out), None if calibration is None else calibration.summary())
 
 
-def with_tolerance(case_qa: CaseQA, tolerance: Tolerance) -> CaseQA:
-    """The case's QA at another tolerance, from the same clinical values, predictions and intervals."""
+KEEP = object()   # with_tolerance: keep the case's margins
+
+
+def with_tolerance(case_qa: CaseQA, tolerance: Tolerance, calibration=KEEP) -> CaseQA:
+    """The case's QA at another tolerance (and, given `calibration`, with its margins; None: without),
+    from the same clinical values, predictions and intervals."""
     structures = []
     for s in case_qa.structures:
         specs = {m.name: m for m in METRICS[s.kind]}
+        margins = None if calibration is KEEP or calibration is None else calibration.margins_for(s.name, s.kind)
+
+        def margin(m: MetricQA) -> float | None:
+            if calibration is KEEP:
+                return m.margin
+            return None if margins is None else margins.get(m.name)
         structures.append(StructureQA(s.name, s.kind, tuple(
             compare_metric(specs[m.name], m.clinical, m.predicted, [m.lower, m.upper],
-                           tolerance.for_unit(m.unit, case_qa.reference_dose_gy)) for m in s.metrics)))
-    return CaseQA(case_qa.case, case_qa.reference_dose_gy, tolerance, tuple(structures))
+                           tolerance.for_unit(m.unit, case_qa.reference_dose_gy), margin(m)) for m in s.metrics)))
+    summary = case_qa.calibration if calibration is KEEP else (None if calibration is None else calibration.summary())
+    return CaseQA(case_qa.case, case_qa.reference_dose_gy, tolerance, tuple(structures), summary)
 
 
 def rank_cases(case_qas: list[CaseQA]) -> list[CaseQA]:

@@ -51,7 +51,7 @@ def _table(header: list[str], rows: list[str], css_class: str) -> str:
 
 def _flag_table(case_qa: CaseQA) -> str:
     rows = [_row([escape(s.name), escape(s.kind), "yes" if s.flagged else "no",
-                  escape(s.reason) if s.flagged else "within tolerance or the folds' interval"], s.flagged)
+                  escape(s.reason) if s.flagged else "within tolerance, the folds' interval or the model's error"], s.flagged)
             for s in case_qa.structures]
     return _table(["structure", "kind", "flagged", "reason"], rows, "flags")
 
@@ -59,11 +59,30 @@ def _flag_table(case_qa: CaseQA) -> str:
 def _metrics_table(case_qa: CaseQA) -> str:
     rows = [_row([escape(s.name), escape(s.kind), escape(m.name), m.unit, f"{m.clinical:.2f}", f"{m.predicted:.2f}",
                   f"{m.lower:.2f} - {m.upper:.2f}", f"{m.excess:+.2f}", f"{m.tolerance:.2f}",
+                  "" if m.margin is None else f"{m.margin:.2f}",
                   "higher" if m.higher_is_worse else "lower", "yes" if m.flagged else "no"],
-                 m.flagged, numeric=(4, 5, 6, 7, 8))
+                 m.flagged, numeric=(4, 5, 6, 7, 8, 9))
             for s in case_qa.structures for m in s.metrics]
     return _table(["structure", "kind", "metric", "unit", "clinical", "predicted", "fold interval",
-                   "excess (+ worse)", "tolerance", "worse when", "flagged"], rows, "metrics")
+                   "excess (+ worse)", "tolerance", "model's error margin", "worse when", "flagged"], rows, "metrics")
+
+
+def _rule_paragraph(case_qa: CaseQA) -> str:
+    """The flag rule in words, with the tolerance and what the margins were learnt on."""
+    tol, cal = case_qa.tolerance, case_qa.calibration
+    text = (f"A value is flagged when it is worse than the ensemble prediction by more than the tolerance "
+            f"({tol.gy:g} Gy or {tol.percent:g} % of the reference dose, whichever is smaller; "
+            f"{tol.percent:g} percentage points for V-x), lies outside the folds' interval")
+    if cal:
+        source = ("held-out calibration plans" if cal.get("source") == "calibration cases"
+                  else "validation cases of the folds")
+        text += (f", and is worse by more than the model's own error allows (margins learnt on {cal['validation_cases']} "
+                 f"{source}, set for at most {100 * cal['false_alarm']:g} % of the structures of plans made like "
+                 f"the training plans flagged).")
+    else:
+        text += (". The model has no validated error to calibrate on, so the margins do not widen where it "
+                 "predicts poorly: expect flags there.")
+    return f"<p>{escape(text)}</p>"
 
 
 def case_report_html(case_qa: CaseQA, clinical_gy: np.ndarray, fold_predictions_gy: list[np.ndarray],
@@ -73,7 +92,6 @@ def case_report_html(case_qa: CaseQA, clinical_gy: np.ndarray, fold_predictions_
     if missing:
         raise NndoseError(f"no mask for structure {missing[0]} of case {case_qa.case}")
     predicted = ensemble_mean(fold_predictions_gy)
-    tol = case_qa.tolerance
     n = case_qa.n_flagged_organs
     flagged = [s for s in case_qa.structures if s.flagged]
     parts = [f"<h1>Plan QA: {escape(case_qa.case)}</h1>",
@@ -83,9 +101,7 @@ def case_report_html(case_qa: CaseQA, clinical_gy: np.ndarray, fold_predictions_
              + (f"; targets flagged: {escape(', '.join(case_qa.flagged_targets))}" if case_qa.flagged_targets else "")
              + f"; sparing left {case_qa.sparing_left_gy:.2f} Gy (organ Dmean above the predicted interval, summed); "
              f"{len(fold_predictions_gy)} fold{'' if len(fold_predictions_gy) == 1 else 's'}.</p>",
-             f"<p>A value is flagged when it is worse than the ensemble prediction by more than the tolerance "
-             f"({tol.gy:g} Gy or {tol.percent:g} % of the reference dose, whichever is smaller; "
-             f"{tol.percent:g} percentage points for V-x) and lies outside the folds' interval.</p>",
+             _rule_paragraph(case_qa),
              "<h2>Flags</h2>", _flag_table(case_qa),
              "<h2>All metrics</h2>", _metrics_table(case_qa),
              "<h2>DVH: clinical (solid), predicted (dashed), range of the folds (band)</h2>",

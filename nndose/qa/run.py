@@ -9,18 +9,21 @@ The report folder is built aside and moved into place when every case is done.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from nndose.errors import NndoseError
+from nndose.evaluation.evaluate import dvh_points_without_names, score_case
 from nndose.inference.predict_cases import check_dose
 from nndose.inference.predictor import DosePredictor
 from nndose.io.atomic import remove_stale_temporaries, replace_path, staging_area
 from nndose.io.layout import QA_CASE_REPORT, QA_CASES_DIR, QA_INDEX, QA_TABLE_JSON, check_case_name
 from nndose.io.raw_dataset import RawCase, check_case_files, load_case
-from nndose.qa.compare import CaseQA, Tolerance, compare_case
+from nndose.qa.calibration import DEFAULT_FALSE_ALARM, Calibration, calibrate, validation_cases
+from nndose.qa.compare import CaseQA, Tolerance, compare_case, ensemble_mean
 from nndose.qa.report import write_case_report, write_cohort_report
 from nndose.qa.tables import write_case_outputs, write_cohort_outputs
 
@@ -34,14 +37,37 @@ def fold_doses_gy(predictor: DosePredictor, case: RawCase) -> list[np.ndarray]:
     return doses
 
 
-def qa_case(predictor: DosePredictor, case: RawCase, tolerance: Tolerance) -> tuple[CaseQA, list[np.ndarray]]:
+def model_calibration(predictor: DosePredictor, false_alarm: float | None = DEFAULT_FALSE_ALARM) -> Calibration | None:
+    """The margins learnt on the validation cases of the predictor's folds; None without them (the 'all'
+    fold, a model trained before validation kept its DVH points) or when false_alarm is None."""
+    if false_alarm is None:
+        return None
+    cases = validation_cases(predictor.model_dir, predictor.folds)
+    return None if cases is None else calibrate(cases, false_alarm)
+
+
+def calibration_from_cases(predictor: DosePredictor, case_dirs: list[Path], false_alarm: float = DEFAULT_FALSE_ALARM,
+                           progress: bool = True) -> Calibration | None:
+    """Margins learnt on held-out plans the model never trained on (a calibration set, e.g. for the 'all'
+    fold): each predicted as plan QA predicts and scored against its planned dose; None when they are
+    too few for the false alarm rate."""
+    scored = []
+    for case_dir in tqdm(case_dirs, desc="calibration", unit="case", disable=not progress):
+        case = load_case(case_dir, predictor.info, require_dose=True)
+        scored.append(score_case(case, ensemble_mean(fold_doses_gy(predictor, case)), predictor.info))
+    calibration = calibrate(dvh_points_without_names(scored), false_alarm)
+    return None if calibration is None else replace(calibration, source="calibration cases")
+
+
+def qa_case(predictor: DosePredictor, case: RawCase, tolerance: Tolerance,
+            calibration: Calibration | None = None) -> tuple[CaseQA, list[np.ndarray]]:
     """The QA of one case carrying its clinical dose, and the folds' predictions it rests on."""
     if case.dose is None:
         raise NndoseError(f"{case.name}: no dose.nii.gz: plan QA compares the clinical plan's dose with the prediction")
     folds = fold_doses_gy(predictor, case)
     prescriptions = {p.structure: p.dose_gy for p in case.plan.prescriptions}
     return compare_case(case.name, case.dose, folds, case.structures, predictor.info.structures, prescriptions,
-                        case.grid.voxel_volume_mm3, tolerance), folds
+                        case.grid.voxel_volume_mm3, tolerance, calibration), folds
 
 
 def _check_report_folder(out_dir: Path) -> None:
@@ -52,8 +78,11 @@ def _check_report_folder(out_dir: Path) -> None:
 
 
 def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tolerance: Tolerance = Tolerance(),
-            progress: bool = True) -> list[CaseQA]:
-    """QA of every case folder (each with its clinical dose.nii.gz) into the report folder out_dir."""
+            progress: bool = True, false_alarm: float | None = DEFAULT_FALSE_ALARM,
+            calibration: Calibration | None = None) -> list[CaseQA]:
+    """QA of every case folder (each with its clinical dose.nii.gz) into the report folder out_dir; the
+    flags calibrated by `calibration` when given, else on the folds' validation cases for `false_alarm`
+    (None: tolerance and interval only)."""
     out_dir = Path(out_dir)
     _check_report_folder(out_dir)
     names = [check_case_name(Path(c).name) for c in case_dirs]
@@ -65,17 +94,19 @@ def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tole
         problems = check_case_files(c, predictor.info, require_dose=True)
         if problems:
             raise NndoseError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    if calibration is None:
+        calibration = model_calibration(predictor, false_alarm)
     remove_stale_temporaries(out_dir.parent, out_dir.name)
     results = []
     with staging_area(out_dir.parent, f"{out_dir.name}.qa") as stage:
         for case_dir in tqdm(case_dirs, desc="plan QA", unit="case", disable=not progress):
             case = load_case(case_dir, predictor.info, require_dose=True)
-            qa, folds = qa_case(predictor, case, tolerance)
+            qa, folds = qa_case(predictor, case, tolerance, calibration)
             folder = stage / QA_CASES_DIR / case.name
             write_case_outputs(qa, folder)
             write_case_report(qa, case.dose, folds, case.structures, case.ct, folder / QA_CASE_REPORT)
             results.append(qa)
-        write_cohort_outputs(results, stage)
+        write_cohort_outputs(results, stage, None if calibration is None else calibration.to_json())
         write_cohort_report(results, stage / QA_INDEX, {n: f"{QA_CASES_DIR}/{n}/{QA_CASE_REPORT}" for n in names})
         replace_path(stage, out_dir)
     return results

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nndose.evaluation.evaluate import aggregate, breakdown, score_case
+from nndose.evaluation.evaluate import aggregate, breakdown, dvh_points_without_names, score_case
 from nndose.inference.predict_cases import check_dose
 from nndose.inference.predictor import DosePredictor
 from nndose.io.atomic import atomic_write_json
-from nndose.io.layout import ALL_FOLD, OOF_DIR, SPLITS_FILE, SUMMARY_FILE, TRAIN_DIR, VALIDATION_DIR, fold_folder, prediction_path
+from nndose.io.layout import (ALL_FOLD, OOF_DIR, SPLITS_FILE, SUMMARY_FILE, TRAIN_DIR, VALIDATION_DIR, VALIDATION_DVH_FILE,
+                              fold_folder, prediction_path)
 from nndose.io.raw_dataset import load_case
 from nndose.io.volumes import write_volume
 from nndose.paths import ENV_VARIABLES, find_dataset, parse_dataset_id, raw_root
@@ -55,6 +56,8 @@ def validate_fold(model_dir: Path, config: str, fold: str, pre: Path, device: to
             preprocessed_grid.append(_preprocessed_grid_mae(name, mean, dose, data, props, predictor))
     summary = _summary(scored, preprocessed_grid)
     atomic_write_json(out / SUMMARY_FILE, summary)
+    if scored:
+        atomic_write_json(out / VALIDATION_DVH_FILE, dvh_points_without_names(scored))
     agg = summary["aggregate"]
     if scored:
         print(f"fold {fold} validation: dose score {agg['dose_score']:.3f} Gy, DVH score {agg['dvh_score']:.3f} Gy")

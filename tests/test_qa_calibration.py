@@ -1,0 +1,134 @@
+"""Plan QA's margins from the model's validated error: a hand-computed calibration, the conformal
+guarantee checked on fresh simulated plans, and the flags they change."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from nndose.io.layout import VALIDATION_DIR, VALIDATION_DVH_FILE, fold_folder
+from nndose.qa.calibration import calibrate, conformal_quantile, validation_cases
+from nndose.qa.compare import METRICS, compare_metric
+
+OAR = {m.name: m for m in METRICS["oar"]}
+
+
+def _case(structures: dict[str, tuple[str, dict[str, float]]]) -> dict:
+    """A validation case whose structures are predicted at 0 and planned `w` worse (w per metric, else 0)."""
+    out = {}
+    for name, (kind, excess) in structures.items():
+        planned, predicted = {}, {}
+        for m in METRICS[kind]:
+            w = excess.get(m.name, 0.0)
+            predicted[m.name] = 20.0
+            planned[m.name] = 20.0 + w if m.higher_is_worse else 20.0 - w
+        out[name] = {"kind": kind, "planned": planned, "predicted": predicted}
+    return {"site": "prostate", "reference_dose_gy": 70.0, "structures": out}
+
+
+def test_conformal_quantile_by_hand():
+    values = list(range(1, 20))[::-1]    # 19 values, unsorted
+    assert conformal_quantile(values, 0.10) == 18     # ceil(20 * 0.9) = 18th smallest
+    assert conformal_quantile(values, 0.05) == 19     # ceil(20 * 0.95) = 19th
+    assert conformal_quantile(list(range(10)), 0.05) == math.inf   # ceil(11 * 0.95) = 11 > 10 values
+
+
+def test_margins_by_hand():
+    # one organ, 19 validation cases, its Dmean 0, 1, ..., 18 Gy worse than predicted, the rest exact
+    cases = [_case({"Rectum": ("oar", {"Dmean": float(w)})}) for w in range(19)]
+    cal = calibrate(cases, false_alarm=0.10)
+    # level 0.10: the 18th smallest of 19 (Dmean 17 Gy, the others 0). Left out, each case meets the
+    # ceil(19 * 0.9) = 18th smallest of the other 18: only w = 18 lies beyond (17): 5 % <= 10 %
+    assert cal.levels == {"oar": pytest.approx(0.10)} and cal.calibration_rate == {"oar": pytest.approx(1 / 19)}
+    margins = cal.margins_for("Rectum", "oar")
+    assert margins["Dmean"] == 17 and margins["D2"] == 0 and margins["V20Gy"] == 0
+    # an organ never validated borrows the pooled margins (here the same cases), targets stay uncalibrated
+    assert cal.margins_for("Bladder", "oar") == margins and cal.margins_for("PTV", "target") is None
+    assert cal.summary() == {"false_alarm": 0.10, "validation_cases": 19, "kinds": ["oar"],
+                             "source": "fold validation"}
+
+
+def test_the_level_drops_until_few_structures_are_beyond():
+    # Dmean and D2 err most in different cases: left out, each case meets the 18th smallest of the other
+    # 18 at levels 0.10, 0.08 and 0.06 (ceil(19 * 0.94) = 18): two cases of 19 beyond (10.5 % > 10 %);
+    # at 0.05 the rank ceil(19 * 0.95) = 19 exceeds 18 values: none beyond; margins the 19th smallest
+    cases = [_case({"Rectum": ("oar", {"Dmean": float(w), "D2": float(18 - w)})}) for w in range(19)]
+    cal = calibrate(cases, false_alarm=0.10)
+    assert cal.levels["oar"] == pytest.approx(0.05) and cal.calibration_rate["oar"] == 0
+    assert cal.margins_for("Rectum", "oar")["Dmean"] == 18 == cal.margins_for("Rectum", "oar")["D2"]
+
+
+def test_too_few_cases_leave_the_flags_uncalibrated():
+    assert calibrate([_case({"Rectum": ("oar", {"Dmean": 1.0})})] * 5, 0.05) is None   # ceil(6 * 0.95) = 6 > 5
+    with pytest.raises(Exception, match="between 0 and 1"):
+        calibrate([], 1.5)
+
+
+def test_the_margin_decides_between_tolerance_and_flag():
+    spec = OAR["Dmean"]
+    # 5 Gy worse, tolerance 2 Gy, outside the folds' interval: flagged unless the model errs by up to 6 Gy
+    assert compare_metric(spec, 25.0, 20.0, [19.5, 20.5], 2.0).flagged
+    assert compare_metric(spec, 25.0, 20.0, [19.5, 20.5], 2.0, margin=4.0).flagged
+    within = compare_metric(spec, 25.0, 20.0, [19.5, 20.5], 2.0, margin=6.0)
+    assert not within.flagged and "within the model's validated error (6.0 Gy)" in within.reason
+    # a negative margin (the model over-predicts this metric) never lowers the tolerance
+    assert not compare_metric(spec, 21.5, 20.0, [19.5, 20.5], 2.0, margin=-3.0).flagged
+
+
+def test_false_alarms_on_fresh_plans_stay_near_the_chosen_rate():
+    """Simulated plans of the training style: each organ's metrics err around an organ-specific bias
+    with correlated noise. Calibrated on 300 cases, at most ~5 % of the organs of 3000 new ones are
+    flagged (the guarantee holds for exchangeable cases), and a 4-sigma degradation is found."""
+    rng = np.random.default_rng(0)
+    organs = {"Rectum": (1.0, 1.5), "Bladder": (-0.5, 1.0), "FemoralHead_L": (3.0, 2.5)}   # bias, sigma (Gy)
+
+    def draw(n):
+        out = []
+        for _ in range(n):
+            s = {}
+            for name, (bias, sigma) in organs.items():
+                common = rng.normal(bias, sigma)
+                s[name] = ("oar", {m: common + rng.normal(0, sigma / 2) for m in OAR})
+            out.append(s)
+        return out
+    cal = calibrate([_case(s) for s in draw(300)], false_alarm=0.05)
+    fresh = draw(3000)
+
+    def flagged(name, excess):   # any metric of the organ beyond its margin (tolerance 0, folds agree)
+        margins = cal.margins_for(name, "oar")
+        return any(excess[m] > margins[m] for m in OAR)
+    rate = np.mean([flagged(n, e) for s in fresh for n, (_, e) in s.items()])
+    assert 0.02 < rate < 0.075
+    worse = np.mean([flagged(n, {m: e[m] + (4 * organs[n][1] if m == "Dmean" else 0) for m in OAR})
+                     for s in fresh for n, (_, e) in s.items()])
+    assert worse > 0.8
+
+
+def test_validation_cases_read_every_fold_or_none(tmp_path):
+    for fold in ("0", "1"):
+        path = fold_folder(tmp_path, fold) / VALIDATION_DIR / VALIDATION_DVH_FILE
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps([_case({"Rectum": ("oar", {})})] * 3))
+    assert len(validation_cases(tmp_path, ["0", "1"])) == 6
+    assert validation_cases(tmp_path, ["0", "2"]) is None
+    (fold_folder(tmp_path, "1") / VALIDATION_DIR / VALIDATION_DVH_FILE).write_text("{not json")
+    with pytest.raises(Exception, match="not a readable validation file"):
+        validation_cases(tmp_path, ["0", "1"])
+
+
+def test_flagged_again_with_margins_as_if_compared_with_them():
+    """with_tolerance(qa, tolerance, calibration) gives what compare_case with that calibration gives
+    (a second path to the same flags); here the rectum's 5 Gy excess sits within a 6 Gy Dmean margin
+    but beyond the others' margins of 0."""
+    from tests.test_qa_core import KINDS, VOXEL_MM3, _hand_case
+    from nndose.qa.compare import Tolerance, compare_case, with_tolerance
+    qa, clinical, folds, masks = _hand_case()
+    cases = [_case({"Rectum": ("oar", {"Dmean": 6.0, "D2": 0.0}), "Bladder": ("oar", {})})] * 40
+    cal = calibrate(cases, 0.05)
+    direct = compare_case("case", clinical, folds, masks, KINDS, {"PTV": 60.0}, VOXEL_MM3, Tolerance(), cal)
+    again = with_tolerance(qa, Tolerance(), cal)
+    assert again.to_json() == direct.to_json()
+    rectum = {m.name: m for m in direct.structure("Rectum").metrics}
+    assert rectum["Dmean"].margin == 6.0 and not rectum["Dmean"].flagged and rectum["D2"].flagged
+    assert direct.calibration["validation_cases"] == 40 and direct.structure("PTV").metrics[0].margin is None
+    assert with_tolerance(direct, Tolerance(), None).to_json() == qa.to_json()   # margins dropped again

@@ -1,7 +1,8 @@
 """Sharing trained models: export a results folder's model as a zip, install one safely.
 
 The archive holds DatasetXXX_Name/<Trainer>__<Plans>__<config>/ with plans.json, dataset.json, the
-fingerprint and each fold's checkpoint (plus the previous stage of a cascade). Installing refuses
+fingerprint, each fold's checkpoint and, where the fold was validated, its validation cases' DVH
+points without names (plan QA's calibration), plus the previous stage of a cascade. Installing refuses
 absolute paths, '..', links and anything outside that layout; refuses archives whose declared size
 or compression ratio is implausible (and stops extracting at the declared size, whatever the archive
 claims); checks that the plan and dataset.json parse and that every checkpoint loads with
@@ -12,6 +13,7 @@ only once the new one is complete.
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import stat
@@ -25,7 +27,8 @@ from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write, remove_stale_temporaries, replace_path, staging_area
 from nndose.io.checkpoints import load_checkpoint
 from nndose.io.layout import (ALL_FOLD, CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINTS, FOLDS, MODEL_FILES, MODEL_PLANS_FILE, check_fold,
-                              fold_folder, list_folds, model_folder, parse_model_folder_name)
+                              VALIDATION_DIR, VALIDATION_DVH_FILE, fold_folder, list_folds, model_folder,
+                              parse_model_folder_name)
 from nndose.io.raw_dataset import load_dataset_json
 from nndose.kill_points import kill_point
 from nndose.networks import build_network
@@ -37,7 +40,8 @@ _CHUNK = 1 << 20
 # what an archive may hold: DatasetXXX_Name/<trainer>__<plans>__<config>/ with the model files and the folds' checkpoints
 _ALLOWED = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_-]+/[A-Za-z0-9_]+__[A-Za-z0-9_-]+__[A-Za-z0-9_]+/("
                       + "|".join(re.escape(name) for name in MODEL_FILES)
-                      + "|fold_(" + "|".join((*FOLDS, ALL_FOLD)) + ")/(" + "|".join(map(re.escape, (CHECKPOINT_FINAL, CHECKPOINT_BEST))) + "))$")
+                      + "|fold_(" + "|".join((*FOLDS, ALL_FOLD)) + ")/(" + "|".join(map(re.escape, (CHECKPOINT_FINAL, CHECKPOINT_BEST)))
+                      + "|" + re.escape(f"{VALIDATION_DIR}/{VALIDATION_DVH_FILE}") + "))$")
 
 
 HALF_KEEPS = ("channels", "trainer", "config", "plans_name", "epoch")
@@ -82,6 +86,9 @@ def export_model(results_dataset_dir: Path, trainer: str, plans_name: str, confi
             if not ck.is_file():
                 raise NndoseError(f"{ck}: checkpoint not found")
             members.append((ck, f"{prefix}/fold_{f}/{CHECKPOINT_FINAL}"))
+            points = fold_folder(stage_dir, f) / VALIDATION_DIR / VALIDATION_DVH_FILE
+            if points.is_file():
+                members.append((points, f"{prefix}/fold_{f}/{VALIDATION_DIR}/{VALIDATION_DVH_FILE}"))
 
     def write(p: Path) -> None:
         with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
@@ -136,6 +143,14 @@ def check_model_folder(model_dir: Path, source: str) -> None:
     load_dataset_json(model_dir)
     config = parse_model_folder_name(model_dir.name)[2]
     conf = plans.configuration(config)
+    for points in sorted(model_dir.glob(f"fold_*/{VALIDATION_DIR}/{VALIDATION_DVH_FILE}")):
+        try:
+            cases = json.loads(points.read_text())
+            valid = isinstance(cases, list) and all(isinstance(c, dict) and isinstance(c.get("structures"), dict) for c in cases)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            valid = False
+        if not valid:
+            raise NndoseError(f"{source}: {points.relative_to(model_dir.parent)}: not a list of validation cases")
     checkpoints = [fold_folder(model_dir, f) / c for c in CHECKPOINTS for f in list_folds(model_dir, c)]
     if not checkpoints:
         raise NndoseError(f"{source}: {model_dir.name} holds no checkpoint")

@@ -218,11 +218,16 @@ def test_export_install_and_predict_without_training_data(env, capsys, tmp_path,
     import zipfile
     from nndose.cli.model_sharing import export_main, install_main
     run_ok(train_main, ["42", "3d_fullres", "all", "--epochs", "1", "--iterations_per_epoch", "1", "--device", "cpu"], capsys)
+    points = env / f"nndose_results/Dataset042_Tiny/{MODEL}/fold_all/validation/dvh_points.json"
+    points.parent.mkdir(parents=True)
+    points.write_text('[{"site": "prostate", "reference_dose_gy": 70.0, "structures": {}}]')   # plan QA's calibration
     archive = tmp_path / "model.zip"
     code, _, err = run_command(export_main, ["-d", "42", "-c", "3d_fullres", "-o", str(archive)], capsys)
     assert code == 0, err
     names = zipfile.ZipFile(archive).namelist()
     assert f"Dataset042_Tiny/{MODEL}/fold_all/checkpoint_final.pth" in names
+    assert f"Dataset042_Tiny/{MODEL}/fold_all/validation/dvh_points.json" in names
+    assert not any(n.endswith("summary.json") for n in names)   # case names stay home
     # a fresh results folder and no training data: only the archive and the case to predict
     cases = tmp_path / "to_predict"
     shutil.copytree(env / "nndose_raw/Dataset042_Tiny/casesTs", cases)
@@ -236,6 +241,14 @@ def test_export_install_and_predict_without_training_data(env, capsys, tmp_path,
                                               "-c", "3d_fullres", "--device", "cpu", "--disable_tta"], capsys)
     assert code == 0, err
     assert (tmp_path / "pred/phantom_005.nii.gz").is_file()
+    assert (fresh / f"Dataset042_Tiny/{MODEL}/fold_all/validation/dvh_points.json").read_text() == points.read_text()
+    # a validation file that is not a list of cases is refused, and nothing installed
+    (fresh / f"Dataset042_Tiny/{MODEL}/fold_all/validation/dvh_points.json").write_text('{"not": "a list"}')
+    run_ok(export_main, ["-d", "42", "-c", "3d_fullres", "-o", str(tmp_path / "bad.zip")], capsys)
+    monkeypatch.setenv("nndose_results", str(tmp_path / "other_results"))
+    code, _, err = run_command(install_main, [str(tmp_path / "bad.zip")], capsys)
+    assert code != 0 and "dvh_points.json: not a list of validation cases" in err and err.count("\n") == 1
+    assert not (tmp_path / "other_results").exists()
 
 
 @pytest.mark.parametrize("member", ["../evil.json", "/etc/evil.json", "Dataset042_Tiny/x__y__z/../../evil.json",

@@ -38,3 +38,15 @@ def run_cli(prog: str, body: Callable[[Sequence[str] | None], None], argv: Seque
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         sys.exit(130)
+
+
+def add_model_options(ap: argparse.ArgumentParser, folds_help: str = "folds to ensemble (default: every trained fold)",
+                      checkpoint_help: str = "checkpoint file name") -> None:
+    """-d, -c, -f, -tr, -p, -chk: which trained model a command uses (one owner of their names and defaults)."""
+    from nndose.io.layout import CHECKPOINT_FINAL
+    ap.add_argument("-d", required=True, help="dataset id of the trained model")
+    ap.add_argument("-c", required=True, help="configuration")
+    ap.add_argument("-f", nargs="+", help=folds_help)
+    ap.add_argument("-tr", default="nndoseTrainer", help="trainer class (default nndoseTrainer)")
+    ap.add_argument("-p", default="nndosePlans", help="plans name (default nndosePlans)")
+    ap.add_argument("-chk", default=CHECKPOINT_FINAL, help=checkpoint_help)

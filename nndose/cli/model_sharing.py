@@ -3,21 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nndose.cli.common import OneLineParser, run_cli
-from nndose.io.layout import CHECKPOINT_FINAL
+from nndose.cli.common import OneLineParser, add_model_options, run_cli
 from nndose.model_sharing import export_model, install_model
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 
 
 def _export(argv) -> None:
     ap = OneLineParser(prog="nndose_export_model", description="Pack a trained model into a zip archive.")
-    ap.add_argument("-d", required=True, help="dataset id")
-    ap.add_argument("-c", required=True, help="configuration")
     ap.add_argument("-o", required=True, type=Path, help="output .zip")
-    ap.add_argument("-tr", default="nndoseTrainer", help="trainer class (default nndoseTrainer)")
-    ap.add_argument("-p", default="nndosePlans", help="plans name (default nndosePlans)")
-    ap.add_argument("-f", nargs="+", help="folds (default: every trained fold)")
-    ap.add_argument("-chk", default=CHECKPOINT_FINAL, help="checkpoint to export")
+    add_model_options(ap, folds_help="folds (default: every trained fold)", checkpoint_help="checkpoint to export")
     ap.add_argument("--half", action="store_true",
                     help="float16 weights for inference only (no optimizer state): about a sixth of the size")
     args = ap.parse_args(argv)

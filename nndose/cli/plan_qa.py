@@ -6,11 +6,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nndose.cli.common import OneLineParser, run_cli
+from nndose.cli.common import OneLineParser, add_model_options, run_cli
 from nndose.devices import DEVICE_CHOICES, resolve_device
 from nndose.errors import NndoseError
 from nndose.inference.predictor import DosePredictor
-from nndose.io.layout import CHECKPOINT_FINAL, CT_FILE, PLAN_FILE, QA_INDEX, TRAIN_DIR, check_fold, model_folder
+from nndose.io.layout import CT_FILE, PLAN_FILE, QA_INDEX, TRAIN_DIR, check_fold, model_folder
 from nndose.io.raw_dataset import check_case_files, list_cases
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM
@@ -66,13 +66,8 @@ def _main(argv) -> None:
     source.add_argument("-i", type=Path, help="folder of raw cases, each with its clinical dose.nii.gz")
     source.add_argument("--dicom", type=Path, help="folder of DICOM RT exports (CT, RTSTRUCT, RTPLAN, RTDOSE), converted on the fly")
     ap.add_argument("--structure_map", type=Path, help="with --dicom: ROI names -> the model's structure vocabulary")
-    ap.add_argument("-d", required=True, help="dataset id of the trained model")
-    ap.add_argument("-c", required=True, help="configuration")
     ap.add_argument("-o", required=True, type=Path, help="report folder (index.html, qa.json, qa.csv, cases/)")
-    ap.add_argument("-f", nargs="+", help="folds to ensemble (default: every trained fold; their spread is the interval)")
-    ap.add_argument("-tr", default="nndoseTrainer", help="trainer class (default nndoseTrainer)")
-    ap.add_argument("-p", default="nndosePlans", help="plans name (default nndosePlans)")
-    ap.add_argument("-chk", default=CHECKPOINT_FINAL, help="checkpoint file name")
+    add_model_options(ap, folds_help="folds to ensemble (default: every trained fold; their spread is the interval)")
     ap.add_argument("--tolerance_gy", type=float, default=Tolerance().gy,
                     help="a dose difference counts above this many Gy or --tolerance_percent of the prescription, "
                          "whichever is smaller (default 2)")

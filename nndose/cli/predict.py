@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nndose.cli.common import OneLineParser, run_cli
+from nndose.cli.common import OneLineParser, add_model_options, run_cli
 from nndose.devices import DEVICE_CHOICES, resolve_device
 from nndose.errors import NndoseError
 from nndose.inference.predict_cases import predict_folder
 from nndose.inference.predictor import DosePredictor
-from nndose.io.layout import CHECKPOINT_FINAL, check_fold, model_folder
+from nndose.io.layout import check_fold, model_folder
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 
 
@@ -16,12 +16,7 @@ def _main(argv) -> None:
     ap = OneLineParser(prog="nndose_predict", description="Predict the dose of raw cases with a trained model.")
     ap.add_argument("-i", required=True, type=Path, help="folder of raw cases (casesTs layout)")
     ap.add_argument("-o", required=True, type=Path, help="output folder for <case>.nii.gz (Gy)")
-    ap.add_argument("-d", required=True, help="dataset id of the trained model")
-    ap.add_argument("-c", required=True, help="configuration")
-    ap.add_argument("-f", nargs="+", help="folds to ensemble (default: every trained fold)")
-    ap.add_argument("-tr", default="nndoseTrainer", help="trainer class (default nndoseTrainer)")
-    ap.add_argument("-p", default="nndosePlans", help="plans name (default nndosePlans)")
-    ap.add_argument("-chk", default=CHECKPOINT_FINAL, help="checkpoint file name")
+    add_model_options(ap)
     ap.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     ap.add_argument("--save_spread", action="store_true", help="also write spread/<case>.nii.gz (std across folds)")
     ap.add_argument("--step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch (0, 1]")

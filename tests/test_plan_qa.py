@@ -137,8 +137,8 @@ def test_an_excess_the_model_is_known_to_make_is_not_flagged(trained, capsys, tm
     dmean = next(m for s in qa["structures"] if s["name"] == organ for m in s["metrics"] if m["name"] == "Dmean")
     assert dmean["excess"] == pytest.approx(5.0, abs=1e-3) and dmean["margin"] >= 6.0 and not dmean["flagged"]
     assert "within the model's validated error" in dmean["reason"] and organ not in qa["flagged_organs"]
-    assert qa["calibration"] == {"false_alarm": 0.05, "validation_cases": 40, "kinds": ["oar"],
-                                 "source": "fold validation"}
+    assert qa["calibration"] == {"false_alarm": 0.05, "cases": 40, "kinds": ["oar"], "source": "fold validation",
+                                 "calibration_rate": {"oar": pytest.approx(2 / 40)}}   # the top two, left out
     cohort = json.loads((tmp_path / "calibrated/qa.json").read_text())
     assert cohort["calibration"]["margins"]["oar"][organ]["Dmean"] == pytest.approx(dmean["margin"])
     out = run_ok(qa_main, [*base, "-o", str(tmp_path / "plain"), "--no_calibration"], capsys)
@@ -156,10 +156,12 @@ def test_margins_learnt_on_calibration_plans_given_apart(trained, capsys, tmp_pa
     out = run_ok(qa_main, [*base, "-o", str(tmp_path / "r"), "--false_alarm_percent", "30"], capsys)
     assert "flags calibrated on 5 held-out calibration plans" in out and "for at most 30 % false alarms" in out
     cohort = json.loads((tmp_path / "r/qa.json").read_text())
-    assert cohort["calibration"]["source"] == "calibration cases" and cohort["calibration"]["validation_cases"] == 5
+    assert cohort["calibration"]["source"] == "calibration cases" and cohort["calibration"]["cases"] == 5
     assert all(m["margin"] is not None for s in cohort["cases"][0]["structures"] if s["kind"] in cohort["calibration"]["levels"]
                for m in s["metrics"])
     code, _, err = run_command(qa_main, [*base, "-o", str(tmp_path / "too_few"), "--false_alarm_percent", "1"], capsys)
     assert code != 0 and "5 plans are too few to calibrate 1 % false alarms" in err and not (tmp_path / "too_few").exists()
+    code, _, err = run_command(qa_main, [*base[:-1], str(raw / "casesTs"), "-o", str(tmp_path / "same")], capsys)
+    assert code != 0 and "phantom_005 is both a plan to check and a calibration plan" in err
     code, _, err = run_command(qa_main, [*base, "-o", str(tmp_path / "both"), "--no_calibration"], capsys)
     assert code != 0 and "exclude each other" in err and err.count("\n") == 1

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from nndose.errors import NndoseError
 from nndose.io.layout import VALIDATION_DIR, VALIDATION_DVH_FILE, fold_folder
 from nndose.qa.calibration import calibrate, conformal_quantile, validation_cases
 from nndose.qa.compare import METRICS, compare_metric
@@ -44,18 +45,35 @@ def test_margins_by_hand():
     assert margins["Dmean"] == 17 and margins["D2"] == 0 and margins["V20Gy"] == 0
     # an organ never validated borrows the pooled margins (here the same cases), targets stay uncalibrated
     assert cal.margins_for("Bladder", "oar") == margins and cal.margins_for("PTV", "target") is None
-    assert cal.summary() == {"false_alarm": 0.10, "validation_cases": 19, "kinds": ["oar"],
-                             "source": "fold validation"}
+    assert cal.summary() == {"false_alarm": 0.10, "cases": 19, "kinds": ["oar"],
+                             "source": "fold validation", "calibration_rate": {"oar": pytest.approx(1 / 19)}}
+
+
+def _crossed(n: int) -> list[dict]:
+    """n cases whose Dmean and D2 err most in different cases: Dmean w = 0..n-1, D2 w = n-1..0."""
+    return [_case({"Rectum": ("oar", {"Dmean": float(w), "D2": float(n - 1 - w)})}) for w in range(n)]
 
 
 def test_the_level_drops_until_few_structures_are_beyond():
-    # Dmean and D2 err most in different cases: left out, each case meets the 18th smallest of the other
-    # 18 at levels 0.10, 0.08 and 0.06 (ceil(19 * 0.94) = 18): two cases of 19 beyond (10.5 % > 10 %);
-    # at 0.05 the rank ceil(19 * 0.95) = 19 exceeds 18 values: none beyond; margins the 19th smallest
-    cases = [_case({"Rectum": ("oar", {"Dmean": float(w), "D2": float(18 - w)})}) for w in range(19)]
-    cal = calibrate(cases, false_alarm=0.10)
-    assert cal.levels["oar"] == pytest.approx(0.05) and cal.calibration_rate["oar"] == 0
-    assert cal.margins_for("Rectum", "oar")["Dmean"] == 18 == cal.margins_for("Rectum", "oar")["D2"]
+    # 29 cases. Left out, each case meets the k-th smallest of the other 28: k = ceil(29 (1 - a)).
+    # a = 0.10 and 0.08: k = 27, values 27 and 28 beyond in both metrics: 4 of 29 (13.8 % > 10 %).
+    # a = 0.06: k = 28, only the 28s beyond: 2 of 29 (6.9 %). Margins: the ceil(30 * 0.94) = 29th smallest
+    cal = calibrate(_crossed(29), false_alarm=0.10)
+    assert cal.levels["oar"] == pytest.approx(0.06) and cal.calibration_rate["oar"] == pytest.approx(2 / 29)
+    assert cal.margins_for("Rectum", "oar")["Dmean"] == 28 == cal.margins_for("Rectum", "oar")["D2"]
+
+
+def test_a_kind_no_level_calibrates_stays_uncalibrated():
+    # 19 cases: at a = 0.10 to 0.06, 2 of 19 beyond (10.5 %); at 0.05 the 18 others are too few
+    assert calibrate(_crossed(19), false_alarm=0.10) is None
+
+
+def test_calibration_values_must_be_numbers():
+    for bad in (None, float("nan"), "3"):
+        case = _case({"Rectum": ("oar", {})})
+        case["structures"]["Rectum"]["planned"]["Dmean"] = bad
+        with pytest.raises(NndoseError, match="Rectum Dmean planned is .* not a finite number"):
+            calibrate([case] * 30)
 
 
 def test_too_few_cases_leave_the_flags_uncalibrated():
@@ -130,5 +148,5 @@ def test_flagged_again_with_margins_as_if_compared_with_them():
     assert again.to_json() == direct.to_json()
     rectum = {m.name: m for m in direct.structure("Rectum").metrics}
     assert rectum["Dmean"].margin == 6.0 and not rectum["Dmean"].flagged and rectum["D2"].flagged
-    assert direct.calibration["validation_cases"] == 40 and direct.structure("PTV").metrics[0].margin is None
+    assert direct.calibration["cases"] == 40 and direct.structure("PTV").metrics[0].margin is None
     assert with_tolerance(direct, Tolerance(), None).to_json() == qa.to_json()   # margins dropped again

@@ -46,10 +46,10 @@ def _case_folders(folder: Path, option: str) -> list[Path]:
 def calibration_line(calibration: dict | None, disabled: bool) -> str:
     """What the flags rest on, in one line."""
     if calibration and calibration.get("source") == "calibration cases":
-        return (f"flags calibrated on {calibration['validation_cases']} held-out calibration plans "
+        return (f"flags calibrated on {calibration['cases']} held-out calibration plans "
                 f"({', '.join(calibration['kinds'])}) for at most {100 * calibration['false_alarm']:g} % false alarms")
     if calibration:
-        return (f"flags calibrated on {calibration['validation_cases']} validation cases of the folds "
+        return (f"flags calibrated on {calibration['cases']} validation cases of the folds "
                 f"({', '.join(calibration['kinds'])}) for at most {100 * calibration['false_alarm']:g} % false alarms")
     if disabled:
         return "flags from the tolerance and the folds' interval alone (--no_calibration)"
@@ -103,6 +103,9 @@ def _main(argv) -> None:
         else:
             cases = _case_folders(args.i, "-i")
         calibration = None
+        both = sorted({c.name for c in calibration_dirs} & {c.name for c in cases})
+        if both:
+            raise NndoseError(f"{both[0]} is both a plan to check and a calibration plan; calibrate on other plans")
         if calibration_dirs:
             for c in calibration_dirs:
                 problems = check_case_files(c, predictor.info, require_dose=True)

@@ -9,8 +9,9 @@ conformal quantile of w at level 1 - a (the ceil((n + 1)(1 - a))-th smallest of 
 structure's own values where they are enough for that level, else the values of every structure of
 its kind pooled. The level a is one for all metrics of a kind, the largest in LEVELS * false_alarm at
 which at most `false_alarm` of the calibration structures have any metric beyond its margin (a
-structure has several metrics, so a is below false_alarm), each structure's values checked against
-margins learnt without its case (leave one out). Plans made like the training plans then
+structure has several metrics, so a is below false_alarm), each structure's value checked against
+margins learnt without that value (leave one out; a structure gets its own margins only where its
+values suffice with one left out). A kind where no level gets there stays uncalibrated. Plans made like the training plans then
 have at most about `false_alarm` of their structures flagged (exchangeable cases). Single folds err
 more than the ensemble plan QA compares with, so fold-validation margins err on the side of fewer flags.
 """
@@ -51,11 +52,11 @@ class Calibration:
         return self.margins[kind].get(structure) or self.pooled[kind]
 
     def summary(self) -> dict:
-        return {"false_alarm": self.false_alarm, "validation_cases": self.cases, "kinds": sorted(self.levels),
-                "source": self.source}
+        return {"false_alarm": self.false_alarm, "cases": self.cases, "source": self.source,
+                "kinds": sorted(self.levels), "calibration_rate": self.calibration_rate}
 
     def to_json(self) -> dict:
-        return {"false_alarm": self.false_alarm, "validation_cases": self.cases, "source": self.source,
+        return {"false_alarm": self.false_alarm, "cases": self.cases, "source": self.source,
                 "levels": self.levels, "calibration_rate": self.calibration_rate,
                 "margins": self.margins, "pooled_margins": self.pooled}
 
@@ -90,54 +91,76 @@ def _margins(rows: list[dict[str, float]], level_out: float) -> dict[str, float]
     return {m: conformal_quantile([r[m] for r in rows], level_out) for m in rows[0]}
 
 
-def _kind_margins(structures: dict[str, list[dict[str, float]]], level_out: float):
-    """Own margins of the structures whose values suffice at this level, pooled ones for the rest."""
-    pooled = _margins([r for rows in structures.values() for r in rows], level_out)
-    own = {}
-    for name, rows in structures.items():
-        margins = _margins(rows, level_out)
-        if all(math.isfinite(v) for v in margins.values()):
-            own[name] = margins
-    return own, pooled
+def _enough_when_left_out(n: int, level_out: float) -> bool:
+    """Whether n - 1 values give a finite conformal quantile at this level (so n do too)."""
+    return math.ceil(n * (1 - level_out) - 1e-9) <= n - 1
+
+
+def _kind_margins(structures: dict[str, list[dict[str, float]]], level_out: float, own_allowed: bool):
+    """Own margins of the structures whose values suffice at this level even with one left out (when
+    own_allowed), pooled ones for the rest; None when the pool itself is too small."""
+    rows = [r for rs in structures.values() for r in rs]
+    if not _enough_when_left_out(len(rows), level_out):
+        return None
+    own = {name: _margins(rs, level_out) for name, rs in structures.items()
+           if own_allowed and _enough_when_left_out(len(rs), level_out)}
+    return own, _margins(rows, level_out)
 
 
 def _structures_beyond(structures: dict[str, list[dict[str, float]]], own: dict, level_out: float) -> list[bool]:
-    """For each calibration structure, whether any metric exceeds its margin learnt without that case."""
-    names = list(structures)
-    pooled_rows = [(name, i) for name in names for i in range(len(structures[name]))]
-    metrics = list(structures[names[0]][0])
-    pooled = {m: _beyond_when_left_out([structures[n][i][m] for n, i in pooled_rows], level_out) for m in metrics}
+    """For each calibration structure, whether any metric exceeds the margin learnt without its value
+    (among its own values where it has own margins, else among the pool)."""
+    rows = [(name, i) for name, rs in structures.items() for i in range(len(rs))]
+    metrics = list(rows and structures[rows[0][0]][0])
+    pooled = {m: _beyond_when_left_out([structures[n][i][m] for n, i in rows], level_out) for m in metrics}
     own_beyond = {name: {m: _beyond_when_left_out([r[m] for r in structures[name]], level_out) for m in metrics}
                   for name in own}
-    beyond = []
-    for j, (name, i) in enumerate(pooled_rows):   # a structure with its own margins is ranked among its own values
-        flags = own_beyond[name] if name in own else pooled
-        beyond.append(any(flags[m][i if name in own else j] for m in metrics))
-    return beyond
+    return [any(own_beyond[name][m][i] for m in metrics) if name in own else any(pooled[m][j] for m in metrics)
+            for j, (name, i) in enumerate(rows)]
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise NndoseError(f"calibration cases: {what} is {value!r}, not a finite number")
+    return float(value)
+
+
+def _excess_rows(cases: list[dict]) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """kind -> structure -> one {metric: how much worse than predicted} per case holding the structure."""
+    excess: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for case in cases:
+        for name, s in case["structures"].items():
+            specs = METRICS.get(s.get("kind"), ())
+            if specs and all(m.name in s["planned"] and m.name in s["predicted"] for m in specs):
+                excess.setdefault(s["kind"], {}).setdefault(name, []).append(
+                    {m.name: _excess(m, _number(s["planned"][m.name], f"{name} {m.name} planned"),
+                                     _number(s["predicted"][m.name], f"{name} {m.name} predicted")) for m in specs})
+    return excess
 
 
 def calibrate(cases: list[dict], false_alarm: float = DEFAULT_FALSE_ALARM) -> Calibration | None:
-    """The margins from calibration cases ({"structures": {name: {"kind", "planned", "predicted"}}}); a
-    kind with too few structures for the false alarm rate is left uncalibrated (None: every kind)."""
+    """The margins from calibration cases ({"structures": {name: {"kind", "planned", "predicted"}}}). Per
+    kind the largest level (own margins preferred to pooled ones at a level) at which, left out, at
+    most `false_alarm` of the structures are beyond; a kind where no level gets there is left
+    uncalibrated (None: every kind)."""
     if not 0 < false_alarm < 1:
         raise NndoseError(f"false alarm rate {false_alarm} must lie between 0 and 1")
-    excess: dict[str, dict[str, list[dict[str, float]]]] = {}   # kind -> structure -> one {metric: w} per case
-    for case in cases:
-        for name, s in case["structures"].items():
-            specs = METRICS.get(s["kind"], ())
-            if specs and all(m.name in s["planned"] and m.name in s["predicted"] for m in specs):
-                excess.setdefault(s["kind"], {}).setdefault(name, []).append(
-                    {m.name: _excess(m, s["planned"][m.name], s["predicted"][m.name]) for m in specs})
     levels, rates, margins, pooled = {}, {}, {}, {}
-    for kind, structures in excess.items():
+    for kind, structures in _excess_rows(cases).items():
         for fraction in LEVELS:
             level_out = fraction * false_alarm
-            own, shared = _kind_margins(structures, level_out)
-            if not all(math.isfinite(v) for v in shared.values()):
-                break   # too few structures for this level (and every lower one)
-            beyond = _structures_beyond(structures, own, level_out)
-            levels[kind], rates[kind], margins[kind], pooled[kind] = level_out, float(np.mean(beyond)), own, shared
-            if rates[kind] <= false_alarm:
+            found = False
+            for own_allowed in (True, False):
+                chosen = _kind_margins(structures, level_out, own_allowed)
+                if chosen is None:
+                    break
+                own, shared = chosen
+                rate = float(np.mean(_structures_beyond(structures, own, level_out)))
+                if rate <= false_alarm:
+                    levels[kind], rates[kind], margins[kind], pooled[kind] = level_out, rate, own, shared
+                    found = True
+                    break
+            if found or chosen is None:
                 break
     if not levels:
         return None

@@ -67,6 +67,9 @@ def _metrics_table(case_qa: CaseQA) -> str:
                    "excess (+ worse)", "tolerance", "model's error margin", "worse when", "flagged"], rows, "metrics")
 
 
+KIND_NAMES = {"oar": "organs at risk", "target": "targets"}
+
+
 def _rule_paragraph(case_qa: CaseQA) -> str:
     """The flag rule in words, with the tolerance and what the margins were learnt on."""
     tol, cal = case_qa.tolerance, case_qa.calibration
@@ -76,12 +79,15 @@ def _rule_paragraph(case_qa: CaseQA) -> str:
     if cal:
         source = ("held-out calibration plans" if cal.get("source") == "calibration cases"
                   else "validation cases of the folds")
-        text += (f", and is worse by more than the model's own error allows (margins learnt on {cal['validation_cases']} "
-                 f"{source}, set for at most {100 * cal['false_alarm']:g} % of the structures of plans made like "
-                 f"the training plans flagged).")
+        kinds = " and ".join(KIND_NAMES.get(k, k) for k in cal["kinds"])
+        text += (f", and, for {kinds}, is worse by more than the model's own error allows (margins learnt on "
+                 f"{cal['cases']} {source}, set for at most {100 * cal['false_alarm']:g} % of the structures of plans "
+                 f"made like the training plans flagged)")
+        missing = [KIND_NAMES.get(k, k) for k in ("target", "oar") if k not in cal["kinds"]]
+        text += (f"; {' and '.join(missing)} had too few calibration structures for margins." if missing else ".")
     else:
-        text += (". The model has no validated error to calibrate on, so the margins do not widen where it "
-                 "predicts poorly: expect flags there.")
+        text += (". No margins from the model's own error (no validated folds or calibration plans, or "
+                 "--no_calibration): expect flags where the model predicts poorly.")
     return f"<p>{escape(text)}</p>"
 
 

@@ -12,8 +12,10 @@ and 10 % false alarms): sensitivity (degraded organ flagged, also per organ), fa
 the standard plans flagged, and standard plans with any flag), and the degraded plans' other organs
 flagged; with a sweep of tolerances. --reuse flags again from the work folder's trained folds.
 
-python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu.json --small_network -np 2 --device cpu \
-    --epochs 40 --iterations 20
+python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu_5_percent.json --small_network -np 2 \
+    --device cpu --epochs 40 --iterations 20 --n_test 96
+then, on the same trained folds, `--reuse --degradation_percent 10 -o ..._10_percent.json`. A separability
+section says how far the model's accuracy lets any flag rule go (AUC of the degraded organ's Dmean excess).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from nndose.datasets.phantom_dose_engine import STYLES
 from nndose.datasets.phantoms import make_case
 from nndose.devices import resolve_device
 from nndose.inference.predictor import DosePredictor
-from nndose.io.layout import FOLDS, TEST_DIR
+from nndose.io.layout import FOLDS, PLANS_FILE, TEST_DIR
 from nndose.io.raw_dataset import list_cases, write_case
 from nndose.paths import preprocessed_root
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM, calibrate, validation_cases
@@ -71,10 +73,33 @@ def score(standard: list, degraded_qa: list, truth: dict) -> dict:
     for q, hit in zip(degraded_qa, hits):
         by_organ.setdefault(truth[q.case]["organ"], []).append(hit)
     return {"sensitivity": float(np.mean(hits)),
-            "sensitivity_by_organ": {o: f"{sum(h)}/{len(h)}" for o, h in sorted(by_organ.items())}, "degraded_organ_flagged": int(sum(hits)), "degraded_plans": len(hits),
+            "sensitivity_by_organ": {o: f"{sum(h)}/{len(h)}" for o, h in sorted(by_organ.items())},
+            "degraded_organ_flagged": int(sum(hits)), "degraded_plans": len(hits),
             "false_alarm_organs": float(np.mean(organs)), "standard_organs": len(organs),
             "standard_plans_flagged": float(np.mean([bool(q.flagged_organs) for q in standard])),
             "degraded_plans_other_organs_flagged": float(np.mean(others)) if others else 0.0}
+
+
+def _dmean_excess(q, organ: str) -> float:
+    return next(m.excess for m in q.structure(organ).metrics if m.name == "Dmean")
+
+
+def separability(standard: list, degraded: list, truth: dict) -> dict:
+    """How far the model's accuracy lets any rule go: the degraded organ's Dmean excess over the
+    prediction in its degraded and its standard plan, every organ's in the standard plans, the
+    probability that a degraded organ's excess beats a standard organ's (AUC), and the sensitivity of
+    a Dmean-only threshold set on the test plans themselves (an oracle) for 5 % false alarms."""
+    standard_by_case = {q.case: q for q in standard}
+    worse = [_dmean_excess(q, truth[q.case]["organ"]) for q in degraded]
+    same_organ = [_dmean_excess(standard_by_case[q.case], truth[q.case]["organ"]) for q in degraded]
+    every = np.array([_dmean_excess(q, s.name) for q in standard for s in q.structures if s.kind == "oar"])
+    oracle = float(np.quantile(every, 0.95))
+    return {"degraded_organ_dmean_excess_gy": {"mean": float(np.mean(worse)), "sd": float(np.std(worse))},
+            "same_organ_standard_plan_dmean_excess_gy": {"mean": float(np.mean(same_organ)), "sd": float(np.std(same_organ))},
+            "standard_organs_dmean_excess_gy": {"mean": float(every.mean()), "sd": float(every.std())},
+            "auc_dmean": float(np.mean([w > e for w in worse for e in every])),
+            "oracle_dmean_threshold_gy": oracle,
+            "oracle_sensitivity_at_5_percent_false_alarms": float(np.mean(np.array(worse) > oracle))}
 
 
 def main() -> None:
@@ -86,14 +111,14 @@ def main() -> None:
     args = ap.parse_args()
     start = time.time()
     work = pipeline.use_work_folder(args.work, keep=args.reuse)
-    if not (args.reuse and list(preprocessed_root().glob("Dataset970_*/plans.json"))):
+    if not (args.reuse and list(preprocessed_root().glob(f"Dataset970_*/{PLANS_FILE}"))):
         pipeline.phantoms(970, "QA", args.n, seed=21, num_processes=args.np, test_fraction=0.0,
                           sites=SITES, modalities=MODALITIES)
         pipeline.plan(970, args.small_network, num_processes=args.np)
     for fold in FOLDS:
         model = pipeline.train(970, args.epochs, args.iterations, args.device, fold=fold, reuse=args.reuse)
     trained = time.time()
-    sets = work / "qa_sets"
+    sets = work / f"qa_sets_{args.degradation_percent:g}_percent"
     if args.reuse and (sets / "truth.json").is_file():
         truth = json.loads((sets / "truth.json").read_text())
     else:
@@ -103,7 +128,7 @@ def main() -> None:
     predictor = DosePredictor(model, "3d_fullres", folds=list(FOLDS), device=resolve_device(args.device))
     runs = {}
     for label in ("standard", "degraded"):   # flagged with the default rule: margins from the folds' validation
-        runs[label] = plan_qa(list_cases(sets, label), work / "reports" / label, predictor, Tolerance(),
+        runs[label] = plan_qa(list_cases(sets, label), work / f"reports_{args.degradation_percent:g}_percent" / label, predictor, Tolerance(),
                               progress=False)
     oof = validation_cases(model, list(FOLDS))
     rules = {"tolerance and folds' interval only (uncalibrated)": None}
@@ -117,6 +142,7 @@ def main() -> None:
               "small_network": args.small_network, "degradation_percent_of_rx": args.degradation_percent,
               "test_sets": truth, "validation_cases": len(oof),
               "default_rule": scored(Tolerance(), default),
+              "separability": separability(runs["standard"], runs["degraded"], truth["degraded"]),
               "flag_rules": {name: scored(Tolerance(), cal) for name, cal in rules.items()},
               "calibration": None if default is None else {k: v for k, v in default.to_json().items()
                                                            if k in ("levels", "calibration_rate", "pooled_margins")}}

@@ -14,7 +14,8 @@ flagged; with a sweep of tolerances. --reuse flags again from the work folder's 
 
 python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu_5_percent.json --small_network -np 2 \
     --device cpu --epochs 40 --iterations 20 --n_test 96
-then, on the same trained folds, `--reuse --degradation_percent 10 -o ..._10_percent.json`. A separability
+then, on the same trained folds, `--reuse --degradation_percent 10 -o ..._10_percent.json`. On a GPU, the
+default network: `-o benchmarks/results/plan_qa_phantoms_h100_5_percent.json --device cuda --n_test 96`. A separability
 section says how far the model's accuracy lets any flag rule go (AUC of the degraded organ's Dmean excess).
 """
 from __future__ import annotations

@@ -29,17 +29,24 @@ def _organ(case, info):
     return max(organs, key=lambda n: case.structures[n].sum())
 
 
-def test_a_known_excess_in_one_organ_is_flagged_there_only(trained, capsys, tmp_path, monkeypatch):
-    raw = trained / "nndose_raw/Dataset042_Tiny"
+def _plan_with_excess(env, tmp_path, excess_gy: float):
+    """tmp_path/clinical/plan_a: the held-out phantom with its largest organ's dose raised by excess_gy;
+    returns the folder of cases, the unchanged case and the organ."""
+    raw = env / "nndose_raw/Dataset042_Tiny"
     info = load_dataset_json(raw)
     cases = tmp_path / "clinical"
     shutil.copytree(raw / "casesTs/phantom_005", cases / "plan_a")
     reference = load_case(cases / "plan_a", info, require_dose=True)
     organ = _organ(reference, info)
-    excess = 5.0
     clinical, grid = read_volume(cases / "plan_a/dose.nii.gz")
-    clinical[reference.structures[organ]] += excess
+    clinical[reference.structures[organ]] += excess_gy
     write_volume(cases / "plan_a/dose.nii.gz", clinical, grid)
+    return cases, reference, organ
+
+
+def test_a_known_excess_in_one_organ_is_flagged_there_only(trained, capsys, tmp_path, monkeypatch):
+    excess = 5.0
+    cases, reference, organ = _plan_with_excess(trained, tmp_path, excess)
     body = reference.structures["Body"]
     offsets = (-0.2, 0.0, 0.2)   # three "folds": the planned dose shifted inside the body
 
@@ -111,15 +118,7 @@ def test_an_excess_the_model_is_known_to_make_is_not_flagged(trained, capsys, tm
     organ's doses by 5.5 to 6.5 Gy (and its V-x by more than any organ has): calibrated, plan QA leaves
     the organ alone; --no_calibration flags it."""
     from nndose.qa.compare import METRICS
-    raw = trained / "nndose_raw/Dataset042_Tiny"
-    info = load_dataset_json(raw)
-    cases = tmp_path / "clinical"
-    shutil.copytree(raw / "casesTs/phantom_005", cases / "plan_a")
-    reference = load_case(cases / "plan_a", info, require_dose=True)
-    organ = _organ(reference, info)
-    clinical, grid = read_volume(cases / "plan_a/dose.nii.gz")
-    clinical[reference.structures[organ]] += 5.0
-    write_volume(cases / "plan_a/dose.nii.gz", clinical, grid)
+    cases, reference, organ = _plan_with_excess(trained, tmp_path, 5.0)
     monkeypatch.setattr("nndose.qa.run.fold_doses_gy", lambda predictor, case: [reference.dose.astype(np.float32)])
     validation = []
     for w in np.linspace(5.5, 6.5, 40):

@@ -54,7 +54,8 @@ def calibration_line(calibration: dict | None, disabled: bool) -> str:
     if disabled:
         return "flags from the tolerance and the folds' interval alone (--no_calibration)"
     return ("flags from the tolerance and the folds' interval alone: the folds have no validation to calibrate on "
-            "(the 'all' fold, too few validation cases, or a model trained before nndose kept them)")
+            "(the 'all' fold, too few validation cases, or a model trained before nndose kept them); "
+            "--calibration_cases learns them on plans the model never trained on")
 
 
 def _main(argv) -> None:

@@ -11,11 +11,11 @@ from nndose.devices import DEVICE_CHOICES, resolve_device
 from nndose.errors import NndoseError
 from nndose.inference.predictor import DosePredictor
 from nndose.io.layout import CT_FILE, PLAN_FILE, QA_INDEX, TRAIN_DIR, check_fold, model_folder
-from nndose.io.raw_dataset import check_case_files, list_cases
+from nndose.io.raw_dataset import list_cases
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM
 from nndose.qa.compare import Tolerance
-from nndose.qa.run import calibration_from_cases, plan_qa
+from nndose.qa.run import calibration_from_cases, check_qa_inputs, plan_qa
 
 
 def _cases_from_dicom(dicom: Path, structure_map: Path | None, work: Path) -> list[Path]:
@@ -45,12 +45,15 @@ def _case_folders(folder: Path, option: str) -> list[Path]:
 
 def calibration_line(calibration: dict | None, disabled: bool) -> str:
     """What the flags rest on, in one line."""
-    if calibration and calibration.get("source") == "calibration cases":
-        return (f"flags calibrated on {calibration['cases']} held-out calibration plans "
-                f"({', '.join(calibration['kinds'])}) for at most {100 * calibration['false_alarm']:g} % false alarms")
     if calibration:
-        return (f"flags calibrated on {calibration['cases']} validation cases of the folds "
-                f"({', '.join(calibration['kinds'])}) for at most {100 * calibration['false_alarm']:g} % false alarms")
+        source = ("held-out calibration plans" if calibration.get("source") == "calibration cases"
+                  else "validation cases of the folds")
+        names = {"oar": "organs at risk", "target": "targets"}
+        missing = [names[k] for k in ("oar", "target") if k not in calibration["kinds"]]
+        return (f"margins of {' and '.join(names.get(k, k) for k in calibration['kinds'])} learnt on "
+                f"{calibration['cases']} {source} for at most {100 * calibration['false_alarm']:g} % false alarms"
+                + (f"; {' and '.join(missing)}: too few to calibrate, flags from the tolerance and interval alone"
+                   if missing else ""))
     if disabled:
         return "flags from the tolerance and the folds' interval alone (--no_calibration)"
     return ("flags from the tolerance and the folds' interval alone: the folds have no validation to calibrate on "
@@ -107,11 +110,9 @@ def _main(argv) -> None:
         both = sorted({c.name for c in calibration_dirs} & {c.name for c in cases})
         if both:
             raise NndoseError(f"{both[0]} is both a plan to check and a calibration plan; calibrate on other plans")
+        check_qa_inputs(cases, args.o, predictor)   # the quick checks of everything before the first prediction
         if calibration_dirs:
-            for c in calibration_dirs:
-                problems = check_case_files(c, predictor.info, require_dose=True)
-                if problems:
-                    raise NndoseError(problems[0])
+            check_qa_inputs(calibration_dirs, None, predictor, what="calibration plan ")
             calibration = calibration_from_cases(predictor, calibration_dirs, false_alarm)
             if calibration is None:
                 raise NndoseError(f"{args.calibration_cases}: {len(calibration_dirs)} plans are too few to calibrate "

@@ -31,7 +31,10 @@ class DosePredictor:
         """previous_folds: the cascade's first-stage folds (default: all it has)."""
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
-            raise NndoseError(f"{self.model_dir}: no trained model here (train it, or install one)")
+            here = sorted(p.name for p in self.model_dir.parent.glob("*__*__*") if p.is_dir())
+            raise NndoseError(f"{self.model_dir}: no trained model here (train it, or install one)"
+                              + (f"; models of this dataset: {', '.join(here)} (named TRAINER__PLANS__CONFIG: choose with -tr, -p, -c)"
+                                 if here else ""))
         if not 0.0 < step <= 1.0:
             raise NndoseError(f"--step_size {step}: must be in (0, 1] (a fraction of the patch)")
         self.plans = load_plans(self.model_dir / MODEL_PLANS_FILE)

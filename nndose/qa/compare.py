@@ -66,6 +66,14 @@ class MetricQA:
     flagged: bool
     reason: str
 
+    @property
+    def allowed(self) -> float:
+        """The worst value the flag rule lets pass: beyond the interval, the tolerance and the margin."""
+        slack = max(self.tolerance, -math.inf if self.margin is None else self.margin)
+        if self.higher_is_worse:
+            return max(self.upper, self.predicted + slack)
+        return min(self.lower, self.predicted - slack)
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -82,7 +90,11 @@ class StructureQA:
 
     @property
     def reason(self) -> str:
-        return "; ".join(m.reason for m in self.metrics if m.flagged)
+        """The flagged metrics' reasons; unflagged, the reason of the metric closest to a flag."""
+        if self.flagged:
+            return "; ".join(m.reason for m in self.metrics if m.flagged)
+        closest = max(self.metrics, key=lambda m: m.excess - max(m.tolerance, m.margin or 0.0), default=None)
+        return closest.reason if closest else ""
 
     def metric(self, name: str) -> MetricQA | None:
         return next((m for m in self.metrics if m.name == name), None)
@@ -114,8 +126,9 @@ class CaseQA:
 
     @property
     def sparing_left_gy(self) -> float:
-        """Sum over organs at risk of max(0, clinical Dmean - upper end of the predicted Dmean)."""
-        return float(sum(max(0.0, m.clinical - m.upper) for s in self.structures if s.kind == "oar"
+        """Sum over organs at risk of how far the clinical Dmean lies beyond what the flag rule lets
+        pass: max(0, clinical - max(upper end of the interval, predicted + tolerance, predicted + margin))."""
+        return float(sum(max(0.0, m.clinical - m.allowed) for s in self.structures if s.kind == "oar"
                          for m in s.metrics if m.name == "Dmean"))
 
     def structure(self, name: str) -> StructureQA | None:
@@ -244,5 +257,5 @@ def with_tolerance(case_qa: CaseQA, tolerance: Tolerance, calibration=KEEP) -> C
 
 
 def rank_cases(case_qas: list[CaseQA]) -> list[CaseQA]:
-    """Cases by sparing left (sum of organ Dmean above the predicted interval), largest first."""
+    """Cases by sparing left (organ Dmean beyond what the flag rule lets pass, summed), largest first."""
     return sorted(case_qas, key=lambda c: (-c.sparing_left_gy, c.case))

@@ -51,7 +51,7 @@ def _table(header: list[str], rows: list[str], css_class: str) -> str:
 
 def _flag_table(case_qa: CaseQA) -> str:
     rows = [_row([escape(s.name), escape(s.kind), "yes" if s.flagged else "no",
-                  escape(s.reason) if s.flagged else "within tolerance, the folds' interval or the model's error"], s.flagged)
+                  escape(s.reason)], s.flagged)
             for s in case_qa.structures]
     return _table(["structure", "kind", "flagged", "reason"], rows, "flags")
 
@@ -105,7 +105,7 @@ def case_report_html(case_qa: CaseQA, clinical_gy: np.ndarray, fold_predictions_
              f"<b>{n} organ{'' if n == 1 else 's'} at risk flagged</b>"
              + (f" ({escape(', '.join(case_qa.flagged_organs))})" if n else "")
              + (f"; targets flagged: {escape(', '.join(case_qa.flagged_targets))}" if case_qa.flagged_targets else "")
-             + f"; sparing left {case_qa.sparing_left_gy:.2f} Gy (organ Dmean above the predicted interval, summed); "
+             + f"; sparing left {case_qa.sparing_left_gy:.2f} Gy (organ Dmean beyond the interval, tolerance and margin, summed); "
              f"{len(fold_predictions_gy)} fold{'' if len(fold_predictions_gy) == 1 else 's'}.</p>",
              _rule_paragraph(case_qa),
              "<h2>Flags</h2>", _flag_table(case_qa),
@@ -138,7 +138,8 @@ def cohort_report_html(case_qas: list[CaseQA], case_links: dict[str, str]) -> st
                           escape(", ".join(c.flagged_targets))],
                          bool(c.flagged_organs or c.flagged_targets), numeric=(0, 2, 3, 4)))
     body = (f"<h1>Plan QA: {len(case_qas)} plan{'' if len(case_qas) == 1 else 's'}</h1>\n"
-            "<p>Ranked by sparing left: the organs' mean dose above the predicted interval, summed (Gy).</p>\n"
+            "<p>Ranked by sparing left: the organs' mean dose beyond what the flag rule lets pass (the folds' "
+            "interval, the tolerance and the model's error margin), summed (Gy).</p>\n"
             + _table(["rank", "case", "reference dose (Gy)", "sparing left (Gy)", "flagged organs",
                       "organs", "targets flagged"], rows, "ranking"))
     return _page("Plan QA: cohort", body)

@@ -77,6 +77,23 @@ def _check_report_folder(out_dir: Path) -> None:
         raise NndoseError(f"{out_dir} exists and is not a plan QA report; choose another -o")
 
 
+def check_qa_inputs(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, what: str = "") -> list[str]:
+    """The quick checks, before any prediction: the report folder, unique case names, every case's files;
+    returns the names. `what` names the cases in messages (e.g. "calibration plan ")."""
+    if out_dir is not None:
+        _check_report_folder(Path(out_dir))
+    names = [check_case_name(Path(c).name) for c in case_dirs]
+    if not names:
+        raise NndoseError(f"no {what or 'case '}to check")
+    if len(set(names)) != len(names):
+        raise NndoseError(f"two {what or 'input '}cases share a name; every case needs its own")
+    for c in case_dirs:
+        problems = check_case_files(c, predictor.info, require_dose=True)
+        if problems:
+            raise NndoseError(what + problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return names
+
+
 def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tolerance: Tolerance = Tolerance(),
             progress: bool = True, false_alarm: float | None = DEFAULT_FALSE_ALARM,
             calibration: Calibration | None = None) -> list[CaseQA]:
@@ -84,16 +101,7 @@ def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tole
     flags calibrated by `calibration` when given, else on the folds' validation cases for `false_alarm`
     (None: tolerance and interval only)."""
     out_dir = Path(out_dir)
-    _check_report_folder(out_dir)
-    names = [check_case_name(Path(c).name) for c in case_dirs]
-    if not names:
-        raise NndoseError("no case to check")
-    if len(set(names)) != len(names):
-        raise NndoseError("two input cases share a name; every case needs its own")
-    for c in case_dirs:   # the quick checks first: a bad case fails in seconds, not after the others
-        problems = check_case_files(c, predictor.info, require_dose=True)
-        if problems:
-            raise NndoseError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    names = check_qa_inputs(case_dirs, out_dir, predictor)
     if calibration is None:
         calibration = model_calibration(predictor, false_alarm)
     remove_stale_temporaries(out_dir.parent, out_dir.name)

@@ -15,7 +15,7 @@ from nndose.inference.predictor import DosePredictor
 from nndose.io.layout import DOSE_FILE, NIFTI, QA_INDEX, TEST_DIR
 from nndose.io.raw_dataset import list_cases, write_case
 from nndose.io.volumes import write_volume
-from nndose.qa.run import calibration_from_cases, plan_qa
+from nndose.qa.run import plan_qa
 
 MIN_INCREASE_PERCENT_OF_RX = 20.0
 CALIBRATION_PLANS = 16
@@ -50,14 +50,12 @@ def qa_step(raw: Path, seed: int, n_phantoms: int, predictor: DosePredictor, wor
     """Run plan QA on the held-out plans (phantoms 0..n_phantoms-1 the dataset's); the lines the demo prints."""
     plans = work / "clinical_plans"
     chosen = clinical_plans(raw, seed, plans)
-    calibration = calibration_from_cases(predictor, calibration_plans(n_phantoms, seed, work / "calibration_plans"),
-                                         progress=False)
     report = work / "plan_qa"
     qas = {q.case: q for q in plan_qa(list_cases(plans.parent, plans.name), report, predictor, progress=False,
-                                      calibration=calibration)}
+                                      calibration_dirs=calibration_plans(n_phantoms, seed, work / "calibration_plans"))}
+    false_alarm = next(iter(qas.values())).calibration["false_alarm"]
     lines = [f"margins learnt on {CALIBRATION_PLANS} further phantoms the model never saw, "
-             f"for at most {100 * calibration.false_alarm:g} % of organs of well-made plans flagged"
-             if calibration else "too few calibration plans: flags from the 2 Gy / 3 % tolerance alone"]
+             f"for at most {100 * false_alarm:g} % of organs of well-made plans flagged"]
     if chosen is not None:
         name, worse = chosen
         found = qas[name].flagged_organs

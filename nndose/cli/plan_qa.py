@@ -15,7 +15,7 @@ from nndose.io.raw_dataset import list_cases
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM
 from nndose.qa.compare import Tolerance
-from nndose.qa.run import calibration_from_cases, check_qa_inputs, plan_qa
+from nndose.qa.run import plan_qa
 
 
 def _cases_from_dicom(dicom: Path, structure_map: Path | None, work: Path) -> list[Path]:
@@ -106,18 +106,7 @@ def _main(argv) -> None:
             cases = _cases_from_dicom(args.dicom, args.structure_map, Path(work))
         else:
             cases = _case_folders(args.i, "-i")
-        calibration = None
-        both = sorted({c.name for c in calibration_dirs} & {c.name for c in cases})
-        if both:
-            raise NndoseError(f"{both[0]} is both a plan to check and a calibration plan; calibrate on other plans")
-        check_qa_inputs(cases, args.o, predictor)   # the quick checks of everything before the first prediction
-        if calibration_dirs:
-            check_qa_inputs(calibration_dirs, None, predictor, what="calibration plan ")
-            calibration = calibration_from_cases(predictor, calibration_dirs, false_alarm)
-            if calibration is None:
-                raise NndoseError(f"{args.calibration_cases}: {len(calibration_dirs)} plans are too few to calibrate "
-                                  f"{args.false_alarm_percent:g} % false alarms")
-        qas = plan_qa(cases, args.o, predictor, tolerance, false_alarm=false_alarm, calibration=calibration)
+        qas = plan_qa(cases, args.o, predictor, tolerance, false_alarm=false_alarm, calibration_dirs=calibration_dirs)
     flagged = [q for q in qas if q.flagged_organs or q.flagged_targets]
     for q in sorted(flagged, key=lambda q: -q.sparing_left_gy):
         parts = [f"organs {', '.join(q.flagged_organs)}"] if q.flagged_organs else []

@@ -26,7 +26,7 @@ import numpy as np
 
 from nndose.errors import NndoseError
 from nndose.io.layout import VALIDATION_DIR, VALIDATION_DVH_FILE, fold_folder
-from nndose.qa.compare import METRICS
+from nndose.qa.compare import METRICS, worse_by
 
 DEFAULT_FALSE_ALARM = 0.05
 LEVELS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)   # the per-metric level a, as fractions of false_alarm
@@ -56,27 +56,25 @@ class Calibration:
                 "kinds": sorted(self.levels), "calibration_rate": self.calibration_rate}
 
     def to_json(self) -> dict:
-        return {"false_alarm": self.false_alarm, "cases": self.cases, "source": self.source,
-                "levels": self.levels, "calibration_rate": self.calibration_rate,
-                "margins": self.margins, "pooled_margins": self.pooled}
+        return {**self.summary(), "levels": self.levels, "margins": self.margins, "pooled_margins": self.pooled}
 
 
-def _excess(spec, planned: float, predicted: float) -> float:
-    return planned - predicted if spec.higher_is_worse else predicted - planned
+def _rank(n: int, level_out: float) -> int:
+    """The conformal quantile's rank among n values: ceil((n + 1)(1 - level_out)) (above n: none)."""
+    return math.ceil((n + 1) * (1 - level_out) - 1e-9)
 
 
 def conformal_quantile(values, level_out: float) -> float:
     """The ceil((n + 1)(1 - level_out))-th smallest of n values; infinite when n is too small for that level."""
-    n = len(values)
-    rank = math.ceil((n + 1) * (1 - level_out) - 1e-9)
-    return float(np.sort(values)[rank - 1]) if rank <= n else math.inf
+    rank = _rank(len(values), level_out)
+    return float(np.sort(values)[rank - 1]) if rank <= len(values) else math.inf
 
 
 def _beyond_when_left_out(values, level_out: float) -> np.ndarray:
     """For each value, whether it exceeds the conformal quantile of the others (leave one out)."""
     values = np.asarray(values, np.float64)
     n = len(values)
-    k = math.ceil(n * (1 - level_out) - 1e-9)     # the quantile's rank among the n - 1 others
+    k = _rank(n - 1, level_out)     # the quantile's rank among the n - 1 others
     if k > n - 1:
         return np.zeros(n, bool)
     order = np.argsort(values, kind="stable")
@@ -93,7 +91,7 @@ def _margins(rows: list[dict[str, float]], level_out: float) -> dict[str, float]
 
 def _enough_when_left_out(n: int, level_out: float) -> bool:
     """Whether n - 1 values give a finite conformal quantile at this level (so n do too)."""
-    return math.ceil(n * (1 - level_out) - 1e-9) <= n - 1
+    return _rank(n - 1, level_out) <= n - 1
 
 
 def _kind_margins(structures: dict[str, list[dict[str, float]]], level_out: float, own_allowed: bool):
@@ -111,7 +109,7 @@ def _structures_beyond(structures: dict[str, list[dict[str, float]]], own: dict,
     """For each calibration structure, whether any metric exceeds the margin learnt without its value
     (among its own values where it has own margins, else among the pool)."""
     rows = [(name, i) for name, rs in structures.items() for i in range(len(rs))]
-    metrics = list(rows and structures[rows[0][0]][0])
+    metrics = list(next(iter(structures.values()))[0])
     pooled = {m: _beyond_when_left_out([structures[n][i][m] for n, i in rows], level_out) for m in metrics}
     own_beyond = {name: {m: _beyond_when_left_out([r[m] for r in structures[name]], level_out) for m in metrics}
                   for name in own}
@@ -133,9 +131,25 @@ def _excess_rows(cases: list[dict]) -> dict[str, dict[str, list[dict[str, float]
             specs = METRICS.get(s.get("kind"), ())
             if specs and all(m.name in s["planned"] and m.name in s["predicted"] for m in specs):
                 excess.setdefault(s["kind"], {}).setdefault(name, []).append(
-                    {m.name: _excess(m, _number(s["planned"][m.name], f"{name} {m.name} planned"),
-                                     _number(s["predicted"][m.name], f"{name} {m.name} predicted")) for m in specs})
+                    {m.name: worse_by(m, _number(s["planned"][m.name], f"{name} {m.name} planned"),
+                                      _number(s["predicted"][m.name], f"{name} {m.name} predicted")) for m in specs})
     return excess
+
+
+def _choose_level(structures: dict[str, list[dict[str, float]]], false_alarm: float):
+    """(level, rate left out, own margins, pooled margins) at the largest level, own margins preferred,
+    whose rate is at most false_alarm; None when none is."""
+    for fraction in LEVELS:
+        level_out = fraction * false_alarm
+        for own_allowed in (True, False):
+            chosen = _kind_margins(structures, level_out, own_allowed)
+            if chosen is None:
+                return None   # the pool is too small at this level and at every lower one
+            own, shared = chosen
+            rate = float(np.mean(_structures_beyond(structures, own, level_out)))
+            if rate <= false_alarm:
+                return level_out, rate, own, shared
+    return None
 
 
 def calibrate(cases: list[dict], false_alarm: float = DEFAULT_FALSE_ALARM) -> Calibration | None:
@@ -147,21 +161,9 @@ def calibrate(cases: list[dict], false_alarm: float = DEFAULT_FALSE_ALARM) -> Ca
         raise NndoseError(f"false alarm rate {false_alarm} must lie between 0 and 1")
     levels, rates, margins, pooled = {}, {}, {}, {}
     for kind, structures in _excess_rows(cases).items():
-        for fraction in LEVELS:
-            level_out = fraction * false_alarm
-            found = False
-            for own_allowed in (True, False):
-                chosen = _kind_margins(structures, level_out, own_allowed)
-                if chosen is None:
-                    break
-                own, shared = chosen
-                rate = float(np.mean(_structures_beyond(structures, own, level_out)))
-                if rate <= false_alarm:
-                    levels[kind], rates[kind], margins[kind], pooled[kind] = level_out, rate, own, shared
-                    found = True
-                    break
-            if found or chosen is None:
-                break
+        chosen = _choose_level(structures, false_alarm)
+        if chosen is not None:
+            levels[kind], rates[kind], margins[kind], pooled[kind] = chosen
     if not levels:
         return None
     return Calibration(false_alarm, len(cases), levels, rates, margins, pooled)

@@ -93,8 +93,7 @@ class StructureQA:
         """The flagged metrics' reasons; unflagged, the reason of the metric closest to a flag."""
         if self.flagged:
             return "; ".join(m.reason for m in self.metrics if m.flagged)
-        closest = max(self.metrics, key=lambda m: m.excess - max(m.tolerance, m.margin or 0.0), default=None)
-        return closest.reason if closest else ""
+        return max(self.metrics, key=lambda m: m.excess - max(m.tolerance, m.margin or 0.0)).reason
 
     def metric(self, name: str) -> MetricQA | None:
         return next((m for m in self.metrics if m.name == name), None)
@@ -158,14 +157,17 @@ def _reason(spec: MetricSpec, m: dict) -> str:
     return f"{head}: inside the folds' interval"
 
 
+def worse_by(spec: MetricSpec, value: float, reference: float) -> float:
+    """How much worse `value` is than `reference` (negative: better)."""
+    return value - reference if spec.higher_is_worse else reference - value
+
+
 def compare_metric(spec: MetricSpec, clinical: float, predicted: float, fold_values: list[float],
                    tolerance: float, margin: float | None = None) -> MetricQA:
     """One metric: the interval of the folds (widened to hold `predicted`) and the flag rule."""
     lower, upper = min(min(fold_values), predicted), max(max(fold_values), predicted)
-    if spec.higher_is_worse:
-        excess, outside = clinical - predicted, clinical > upper
-    else:
-        excess, outside = predicted - clinical, clinical < lower
+    excess = worse_by(spec, clinical, predicted)
+    outside = worse_by(spec, clinical, upper if spec.higher_is_worse else lower) > 0
     flagged = excess > tolerance and outside and (margin is None or excess > margin)
     m = dict(clinical=clinical, predicted=predicted, lower=lower, upper=upper, excess=excess, tolerance=tolerance,
              margin=margin, flagged=flagged)
@@ -182,7 +184,7 @@ def compare_structure(name: str, kind: str, clinical_gy: np.ndarray, predicted_g
     folds = [dvh_points(f, kind, voxel_mm3) for f in fold_predictions_gy]
     return StructureQA(name, kind, tuple(
         compare_metric(m, clinical[m.name], predicted[m.name], [f[m.name] for f in folds],
-                       tolerance.for_unit(m.unit, reference_dose_gy), None if margins is None else margins.get(m.name))
+                       tolerance.for_unit(m.unit, reference_dose_gy), (margins or {}).get(m.name))
         for m in METRICS[kind]))
 
 
@@ -243,15 +245,14 @@ def with_tolerance(case_qa: CaseQA, tolerance: Tolerance, calibration=KEEP) -> C
     structures = []
     for s in case_qa.structures:
         specs = {m.name: m for m in METRICS[s.kind]}
-        margins = None if calibration is KEEP or calibration is None else calibration.margins_for(s.name, s.kind)
-
-        def margin(m: MetricQA) -> float | None:
-            if calibration is KEEP:
-                return m.margin
-            return None if margins is None else margins.get(m.name)
+        if calibration is KEEP:
+            margins = {m.name: m.margin for m in s.metrics}
+        else:
+            margins = (calibration.margins_for(s.name, s.kind) if calibration else None) or {}
         structures.append(StructureQA(s.name, s.kind, tuple(
             compare_metric(specs[m.name], m.clinical, m.predicted, [m.lower, m.upper],
-                           tolerance.for_unit(m.unit, case_qa.reference_dose_gy), margin(m)) for m in s.metrics)))
+                           tolerance.for_unit(m.unit, case_qa.reference_dose_gy), margins.get(m.name))
+            for m in s.metrics)))
     summary = case_qa.calibration if calibration is KEEP else (None if calibration is None else calibration.summary())
     return CaseQA(case_qa.case, case_qa.reference_dose_gy, tolerance, tuple(structures), summary)
 

@@ -77,10 +77,10 @@ def _check_report_folder(out_dir: Path) -> None:
         raise NndoseError(f"{out_dir} exists and is not a plan QA report; choose another -o")
 
 
-def check_qa_inputs(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, what: str = "") -> list[str]:
+def check_qa_inputs(case_dirs: list[Path], out_dir: Path | None, predictor: DosePredictor, what: str = "") -> list[str]:
     """The quick checks, before any prediction: the report folder, unique case names, every case's files;
     returns the names. `what` names the cases in messages (e.g. "calibration plan ")."""
-    if out_dir is not None:
+    if out_dir is not None:   # None: cases read, not reported on (calibration plans)
         _check_report_folder(Path(out_dir))
     names = [check_case_name(Path(c).name) for c in case_dirs]
     if not names:
@@ -96,13 +96,25 @@ def check_qa_inputs(case_dirs: list[Path], out_dir: Path, predictor: DosePredict
 
 def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tolerance: Tolerance = Tolerance(),
             progress: bool = True, false_alarm: float | None = DEFAULT_FALSE_ALARM,
-            calibration: Calibration | None = None) -> list[CaseQA]:
-    """QA of every case folder (each with its clinical dose.nii.gz) into the report folder out_dir; the
-    flags calibrated by `calibration` when given, else on the folds' validation cases for `false_alarm`
-    (None: tolerance and interval only)."""
+            calibration_dirs: list[Path] = ()) -> list[CaseQA]:
+    """QA of every case folder (each with its clinical dose.nii.gz) into the report folder out_dir. The
+    flags are calibrated for `false_alarm` on `calibration_dirs` (plans the model never trained on) when
+    given, else on the folds' validation cases (false_alarm None: tolerance and interval only). Every
+    input is checked before the first prediction."""
     out_dir = Path(out_dir)
     names = check_qa_inputs(case_dirs, out_dir, predictor)
-    if calibration is None:
+    if calibration_dirs:
+        if false_alarm is None:
+            raise NndoseError("calibration plans given with calibration turned off")
+        both = sorted({Path(c).name for c in calibration_dirs} & set(names))
+        if both:
+            raise NndoseError(f"{both[0]} is both a plan to check and a calibration plan; calibrate on other plans")
+        check_qa_inputs(calibration_dirs, None, predictor, what="calibration plan ")
+        calibration = calibration_from_cases(predictor, calibration_dirs, false_alarm, progress)
+        if calibration is None:
+            raise NndoseError(f"{len(calibration_dirs)} calibration plans are too few to calibrate "
+                              f"{100 * false_alarm:g} % false alarms")
+    else:
         calibration = model_calibration(predictor, false_alarm)
     remove_stale_temporaries(out_dir.parent, out_dir.name)
     results = []

@@ -15,7 +15,7 @@ flagged; with a sweep of tolerances. --reuse flags again from the work folder's 
 python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu_5_percent.json --small_network -np 2 \
     --device cpu --epochs 40 --iterations 20 --n_test 96
 then, on the same trained folds, `--reuse --degradation_percent 10 -o ..._10_percent.json`. On a GPU, the
-default network: `-o benchmarks/results/plan_qa_phantoms_h100_5_percent.json --device cuda --n_test 96`. A separability
+default network: `-o benchmarks/results/plan_qa_phantoms_h100_5_percent.json --device cuda --n_test 96 -np 16`. A separability
 section says how far the model's accuracy lets any flag rule go (AUC of the degraded organ's Dmean excess).
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from nndose.devices import resolve_device
 from nndose.inference.predictor import DosePredictor
 from nndose.io.layout import FOLDS, PLANS_FILE, TEST_DIR
 from nndose.io.raw_dataset import list_cases, write_case
+from nndose.parallel import map_with_progress
 from nndose.paths import preprocessed_root
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM, calibrate, validation_cases
 from nndose.qa.compare import Tolerance, with_tolerance
@@ -47,21 +48,26 @@ FALSE_ALARMS = (0.02, 0.05, 0.10)
 TOLERANCES = ((1.0, 1.5), (1.5, 2.0), (2.0, 3.0), (3.0, 4.5), (4.0, 6.0), (5.0, 8.0))   # (Gy, % of Rx)
 
 
-def write_test_sets(first: int, n: int, seed: int, percent: float, out: Path) -> dict:
+def _plan_twice(job: tuple) -> tuple[str, dict | None]:
+    """One held-out phantom written standard and degraded under out/; (name, what was degraded or None)."""
+    index, seed, percent, out = job
+    anatomy, plan, dose = make_case(index, seed, STYLES["standard"], sites=SITES, modalities=MODALITIES)
+    name = f"phantom_{index:03d}"
+    worse = degrade(anatomy, plan, dose, percent / 100 * plan.reference_dose_gy, seed=index)
+    if worse is None:
+        return name, None
+    write_case(out / "standard" / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, dose)
+    write_case(out / "degraded" / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, worse.dose_gy)
+    return name, {"site": plan.site, "organ": worse.organ, "weight": worse.weight, "increase_gy": worse.increase_gy,
+                  "increase_percent_of_rx": 100 * worse.increase_gy / plan.reference_dose_gy}
+
+
+def write_test_sets(first: int, n: int, seed: int, percent: float, out: Path, num_processes: int = 1) -> dict:
     """The held-out phantoms twice: out/standard/<case>, out/degraded/<case>; returns what was degraded."""
-    truth, skipped = {}, []
-    for index in range(first, first + n):
-        anatomy, plan, dose = make_case(index, seed, STYLES["standard"], sites=SITES, modalities=MODALITIES)
-        name = f"phantom_{index:03d}"
-        worse = degrade(anatomy, plan, dose, percent / 100 * plan.reference_dose_gy, seed=index)
-        if worse is None:
-            skipped.append(name)
-            continue
-        write_case(out / "standard" / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, dose)
-        write_case(out / "degraded" / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, worse.dose_gy)
-        truth[name] = {"site": plan.site, "organ": worse.organ, "weight": worse.weight, "increase_gy": worse.increase_gy,
-                       "increase_percent_of_rx": 100 * worse.increase_gy / plan.reference_dose_gy}
-    return {"degraded": truth, "left_out": skipped}
+    done = map_with_progress(_plan_twice, [(i, seed, percent, out) for i in range(first, first + n)], num_processes,
+                             "test plans, standard and degraded")
+    return {"degraded": {name: t for name, t in done if t is not None},
+            "left_out": [name for name, t in done if t is None]}
 
 
 def score(standard: list, degraded_qa: list, truth: dict) -> dict:
@@ -124,7 +130,7 @@ def main() -> None:
         truth = json.loads((sets / "truth.json").read_text())
     else:
         shutil.rmtree(sets, ignore_errors=True)
-        truth = write_test_sets(args.n, args.n_test, 21, args.degradation_percent, sets)
+        truth = write_test_sets(args.n, args.n_test, 21, args.degradation_percent, sets, args.np)
         (sets / "truth.json").write_text(json.dumps(truth, indent=1))
     predictor = DosePredictor(model, "3d_fullres", folds=list(FOLDS), device=resolve_device(args.device))
     runs = {}

@@ -6,7 +6,7 @@ a rented machine, a lease of a few minutes per call).
   python -m benchmarks.openkbp_gpu prepare --openkbp DIR [--work W] [-np N]   # unpack, convert, plan, preprocess
   python -m benchmarks.openkbp_gpu train   --minutes 20 [--work W] [--wait]   # trains in the background
   python -m benchmarks.openkbp_gpu status  [--work W]                         # progress, whenever polled
-  python -m benchmarks.openkbp_gpu finish  [--work W] [-o result.json]        # predict, score, export the model
+  python -m benchmarks.openkbp_gpu finish  [--work W] [-o result.json]        # predict, score, export the model and its card
 
 DIR holds the OpenKBP data as train-pats/ and validation-pats/ folders, as the openkbp-*.tar.xz
 archives, or as parts of them (`split`: openkbp-train-00.tar.xz.part000, ...) that may arrive in
@@ -15,7 +15,7 @@ in its own session (it survives the calling shell), returns at once (or waits wi
 continues an interrupted run with --c and what is left of the budget; run `train` again on a new
 machine and it goes on from the last epoch. `finish` predicts the 33 validation patients with
 mirroring, scores them as the challenge does, writes the submission CSVs and the result JSON (the
-GPU named), and exports the model in half precision.
+GPU named), and exports the model in half precision with a model card beside it (<model>.md).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.model_card import model_card
 from nndose.cli.common import OneLineParser, run_cli
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write, atomic_write_json
@@ -301,6 +302,8 @@ def finish(args) -> None:
               "model_zip_mib": zip_path.stat().st_size / 2 ** 20, "submission_csvs": str(work / "submission")}
     out = args.o or work / "result.json"
     atomic_write_json(out, result)
+    card = zip_path.with_suffix(".md")
+    atomic_write(card, lambda p: p.write_text(model_card(result, zip_path.name, DATASET_ID)))
     print(json.dumps({k: v for k, v in result.items() if k not in ("scores", "plan", "prepare")}, indent=2))
 
 

@@ -89,6 +89,9 @@ def test_stages_end_to_end_with_a_kill_in_the_middle(openkbp_parts, tmp_path, ca
     assert result["validation_patients"] == 2 and result["tta"] is True
     assert 0 < result["dose_score_gy"] < 70 and 0 < result["dvh_score_gy"] < 70
     assert sorted(p.name for p in (work / "submission").iterdir()) == ["pt_7.csv", "pt_8.csv"]
+    card = (work / "model.md").read_text()   # the model card carries the run's own numbers
+    assert f"| this model | {result['dose_score_gy']:.2f} | {result['dvh_score_gy']:.2f} |" in card
+    assert "6 OpenKBP training patients" in card and f"{result['epochs']} epochs" in card and "| 2.43 | 1.48 |" in card
     with zipfile.ZipFile(work / "model.zip") as z:
         member = next(n for n in z.namelist() if n.endswith(".pth"))
         z.extract(member, tmp_path / "unzipped")

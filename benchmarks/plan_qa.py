@@ -58,8 +58,7 @@ def _plan_twice(job: tuple) -> tuple[str, dict | None]:
         return name, None
     write_case(out / "standard" / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, dose)
     write_case(out / "degraded" / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, worse.dose_gy)
-    return name, {"site": plan.site, "organ": worse.organ, "weight": worse.weight, "increase_gy": worse.increase_gy,
-                  "increase_percent_of_rx": 100 * worse.increase_gy / plan.reference_dose_gy}
+    return name, {"site": plan.site, **worse.record(plan.reference_dose_gy)}
 
 
 def write_test_sets(first: int, n: int, seed: int, percent: float, out: Path, num_processes: int = 1) -> dict:

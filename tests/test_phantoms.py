@@ -1,5 +1,6 @@
 """The built-in phantom dataset: sites, prescriptions, modalities, physics of its dose, determinism."""
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -135,3 +136,33 @@ def test_unspared_rectum_gets_more_dose_while_the_target_keeps_its_prescription(
     others = [change[o] for o in ("Bladder", "FemoralHead_L", "FemoralHead_R")]
     assert max(abs(c) for c in others) < 0.5 * change["Rectum"]   # 3.29 < 3.42
     assert max(others) < 0.2 * change["Rectum"]                   # no other organ rises more than 1.24 Gy
+
+
+def test_degraded_test_plans_raise_one_organ_by_the_asked_share_of_the_prescription(nndose_env, capsys):
+    args = ["-d", "11", "-n", "4", "--test_fraction", "0.5", "--sites", "prostate", "--modalities", "IMRT", "-np", "1"]
+    code, out, err = run_command(generate_main, [*args, "--degrade_percent", "5"], capsys)
+    assert code == 0, err
+    folder = nndose_env["nndose_raw"] / "Dataset011_Phantoms"
+    truth = json.loads((folder / "degraded_plans.json").read_text())
+    assert truth["degradation_percent_of_rx"] == 5 and "made worse: phantom_00" in out
+    assert sorted([*truth["degraded"], *truth["as_planned"]]) == ["phantom_002", "phantom_003"] and truth["degraded"]
+    kw = dict(sites=("prostate",), modalities=("IMRT",))
+    for i in range(4):   # measured against the standard plan of the same phantom, made again here
+        anatomy, plan, standard = make_case(i, 0, STYLES["standard"], **kw)
+        split = "casesTr" if i < 2 else "casesTs"
+        written = read_volume(folder / split / f"phantom_{i:03d}" / "dose.nii.gz")[0]
+        made = truth["degraded"].get(f"phantom_{i:03d}")
+        if made is None:
+            assert np.array_equal(written, standard)
+            continue
+        s = anatomy.structures
+        rise = {o: float(written[s[o]].mean() - standard[s[o]].mean()) for o in ("Rectum", "Bladder")}
+        assert rise[made["organ"]] == pytest.approx(made["increase_gy"], abs=1e-3)
+        assert rise[made["organ"]] >= 0.05 * plan.reference_dose_gy
+        assert made["increase_percent_of_rx"] == pytest.approx(100 * made["increase_gy"] / plan.reference_dose_gy)
+        assert np.percentile(written[s["PTV_high"]], 5) == pytest.approx(plan.reference_dose_gy, rel=1e-3)
+    for bad, message in ((["--degrade_percent", "0"], "must lie in (0, 100]"),
+                         (["--degrade_percent", "5", "--test_fraction", "0"], "degraded plans are test cases")):
+        code, _, err = run_command(generate_main, ["-d", "12", "-n", "4", "-np", "1", *bad], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+        assert not list(nndose_env["nndose_raw"].glob("Dataset012_*"))

@@ -1,11 +1,15 @@
-"""nndose_generate_phantoms -d ID [-n N] [--seed S] [--sites ...] [--modalities ...]: the built-in phantom dataset."""
+"""nndose_generate_phantoms -d ID [-n N] [--seed S] [--sites ...] [--modalities ...] [--degrade_percent P]: the
+built-in phantom dataset."""
 from __future__ import annotations
+
+import json
 
 from nndose.cli.common import OneLineParser, run_cli
 from nndose.datasets.phantom_dose_engine import STYLES
 from nndose.datasets.phantom_anatomy import SITES
 from nndose.datasets.phantoms import MODALITIES, generate_phantom_dataset
 from nndose.errors import NndoseError
+from nndose.io.layout import DEGRADED_PLANS_FILE
 from nndose.paths import dataset_folder_name, find_dataset, parse_dataset_id, raw_root
 
 
@@ -21,6 +25,9 @@ def _main(argv) -> None:
                     help=f"sites to cycle through (default all: {' '.join(SITES)})")
     ap.add_argument("--modalities", nargs="+", default=list(MODALITIES), metavar="MODALITY",
                     help=f"modalities to draw from (default all: {' '.join(MODALITIES)})")
+    ap.add_argument("--degrade_percent", type=float, metavar="P",
+                    help="plan each test case worse for one organ (its mean dose P %% of the prescription higher; "
+                         f"a plan-QA check's truth, written to {DEGRADED_PLANS_FILE})")
     ap.add_argument("-np", type=int, default=2, help="processes (default 2)")
     args = ap.parse_args(argv)
     if args.n < 2:
@@ -34,8 +41,13 @@ def _main(argv) -> None:
         raise NndoseError(f"{existing} already exists; remove it or choose another id")
     target = root / dataset_folder_name(dataset_id, args.name)
     info = generate_phantom_dataset(target, args.n, args.seed, args.test_fraction, args.style, args.np,
-                                    sites=args.sites, modalities=args.modalities)
+                                    sites=args.sites, modalities=args.modalities, degrade_percent=args.degrade_percent)
     print(f"{target}: {info.num_training} training and {args.n - info.num_training} test phantoms")
+    if args.degrade_percent is not None:
+        truth = json.loads((target / DEGRADED_PLANS_FILE).read_text())
+        made = ", ".join(f"{name} {t['organ']} {t['increase_gy']:+.1f} Gy" for name, t in truth["degraded"].items())
+        print(f"made worse: {made or 'none'} ({len(truth['as_planned'])} could not be made {args.degrade_percent:g} % "
+              f"worse and stay as planned); truth in {target / DEGRADED_PLANS_FILE}")
 
 
 def main(argv=None) -> None:

@@ -1,5 +1,5 @@
 """Phantom plans made deliberately worse for one organ: the optimizer's weight of that organ lowered
-until its mean dose rises by a chosen amount, everything else as in the standard style. The truth a
+until its mean dose rises by a chosen amount, everything else as in the plan's style. The truth a
 plan-QA check must find (benchmarks/plan_qa.py, the demo)."""
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nndose.datasets.phantom_anatomy import Anatomy
-from nndose.datasets.phantom_dose_engine import STYLES, compute_dose, degraded
-from nndose.datasets.phantoms import phantom_kinds
+from nndose.datasets.phantom_anatomy import Anatomy, phantom_kinds
+from nndose.datasets.phantom_dose_engine import STYLES, PlanningStyle, compute_dose, degraded
 from nndose.io.plan_file import TreatmentPlan
 
 # organs whose sparing the optimizer trades against target coverage, per site
@@ -22,7 +21,12 @@ class DegradedPlan:
     organ: str
     weight: float          # the organ's optimizer weight (the standard style's is 0.35)
     dose_gy: np.ndarray
-    increase_gy: float     # the organ's mean dose over the standard plan's
+    increase_gy: float     # the organ's mean dose over the plan's own
+
+    def record(self, reference_dose_gy: float) -> dict:
+        """What was made worse, for a truth file (the dose left out)."""
+        return {"organ": self.organ, "weight": self.weight, "increase_gy": self.increase_gy,
+                "increase_percent_of_rx": 100 * self.increase_gy / reference_dose_gy}
 
 
 def _dmean(dose: np.ndarray, mask: np.ndarray) -> float:
@@ -30,16 +34,14 @@ def _dmean(dose: np.ndarray, mask: np.ndarray) -> float:
 
 
 def degrade(anatomy: Anatomy, plan: TreatmentPlan, dose_gy: np.ndarray, increase_gy: float, seed: int,
-            steps: int = 8) -> DegradedPlan | None:
+            steps: int = 8, style: PlanningStyle = STYLES["standard"]) -> DegradedPlan | None:
     """The candidate organ whose mean dose can rise by at least increase_gy (the one that rises most
     when unspared), its weight bisected so the rise lands just above increase_gy; None when no organ
     of the plan can be made that much worse (organs in the target, an unmodulated plan). `seed` must be
-    the one the standard plan was computed with (make_case: its index)."""
-    standard = STYLES["standard"]
-
+    the one the plan `dose_gy` was computed with (make_case: its index), `style` its planning style."""
     def plan_with(organ: str, weight: float) -> np.ndarray:
         return compute_dose(anatomy.ct, anatomy.grid, anatomy.structures, phantom_kinds(), plan,
-                            degraded(standard, organ, weight), seed=seed)
+                            degraded(style, organ, weight), seed=seed)
     best = None
     for organ in CANDIDATES.get(plan.site, ()):
         if organ not in anatomy.structures:
@@ -52,7 +54,7 @@ def degrade(anatomy: Anatomy, plan: TreatmentPlan, dose_gy: np.ndarray, increase
     if best is None:
         return None
     mask = anatomy.structures[best.organ]
-    low, high = 0.0, standard.organ_weight(best.organ)      # rise(low) >= increase_gy > rise(high) = 0
+    low, high = 0.0, style.organ_weight(best.organ)      # rise(low) >= increase_gy > rise(high) = 0
     for _ in range(steps):
         mid = 0.5 * (low + high)
         trial = plan_with(best.organ, mid)

@@ -20,6 +20,11 @@ ORGANS = ("SpinalCord", "Brainstem", "Parotid_L", "Parotid_R", "Mandible", "Lary
           "Liver", "Kidney_L", "Kidney_R", "Stomach")
 BODY = "Body"
 
+
+def phantom_kinds() -> dict[str, str]:
+    """The phantoms' structure vocabulary: name -> target, oar or body."""
+    return {**{t: "target" for t in TARGETS}, **{o: "oar" for o in ORGANS}, BODY: "body"}
+
 # (in-plane spacing mm, slice spacing mm, slices, body half-axes x/y mm)
 _SITE_GRID = {"head_neck": (4.5, 4.0, 48, (80.0, 100.0)), "prostate": (6.0, 5.0, 40, (170.0, 115.0)),
               "lung": (6.0, 5.0, 40, (165.0, 110.0)), "liver": (6.0, 5.0, 40, (160.0, 115.0))}

@@ -5,17 +5,19 @@ structures and plan.json); the dose comes from `phantom_dose_engine`. Determinis
 """
 from __future__ import annotations
 
+import json
 import math
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from nndose.datasets.phantom_anatomy import BODY, ORGANS, SITES, TARGETS, make_anatomy
+from nndose.datasets.degraded_plans import degrade
+from nndose.datasets.phantom_anatomy import SITES, make_anatomy, phantom_kinds
 from nndose.datasets.phantom_dose_engine import STYLES, PlanningStyle, compute_dose
 from nndose.errors import NndoseError
 from nndose.io.atomic import staged_directory
-from nndose.io.layout import NIFTI, TEST_DIR, TRAIN_DIR
+from nndose.io.layout import DEGRADED_PLANS_FILE, NIFTI, TEST_DIR, TRAIN_DIR
 from nndose.io.plan_file import Arc, Machine, Prescription, StaticBeam, TreatmentPlan
 from nndose.io.raw_dataset import DatasetInfo, write_case, write_dataset_json
 from nndose.parallel import map_with_progress
@@ -95,11 +97,6 @@ def make_case(index: int, seed: int, style: PlanningStyle, site: str | None = No
     return anatomy, plan, dose
 
 
-def phantom_kinds() -> dict[str, str]:
-    """The phantoms' structure vocabulary: name -> target, oar or body."""
-    return {**{t: "target" for t in TARGETS}, **{o: "oar" for o in ORGANS}, BODY: "body"}
-
-
 def phantom_dataset_info(name: str, num_training: int, style: PlanningStyle, sites: tuple[str, ...] = SITES,
                          modalities: tuple[str, ...] = MODALITIES) -> DatasetInfo:
     return DatasetInfo(name, phantom_kinds(), NIFTI, num_training,
@@ -109,29 +106,50 @@ def phantom_dataset_info(name: str, num_training: int, style: PlanningStyle, sit
 
 
 def _write_case(args, folder: Path, seed: int, style: PlanningStyle, sites: tuple[str, ...],
-                modalities: tuple[str, ...]) -> str:
+                modalities: tuple[str, ...], degrade_percent: float | None) -> tuple[str, dict | None]:
+    """Write one phantom; a test case with `degrade_percent` is planned worse for one organ (None: none
+    could be made that much worse). Returns (name, what was made worse or None)."""
     index, split, name = args
     anatomy, plan, dose = make_case(index, seed, style, sites=sites, modalities=modalities)
-    write_case(folder / split / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, dose)
-    return name
+    worse = None
+    if degrade_percent and split == TEST_DIR:
+        worse = degrade(anatomy, plan, dose, degrade_percent / 100 * plan.reference_dose_gy, seed=index, style=style)
+    write_case(folder / split / name, anatomy.grid, anatomy.ct, anatomy.structures, plan,
+               dose if worse is None else worse.dose_gy)
+    return name, None if worse is None else worse.record(plan.reference_dose_gy)
 
 
 def generate_phantom_dataset(dataset_dir: Path, num_cases: int = 40, seed: int = 0, test_fraction: float = 0.2,
                              style: str = "standard", num_processes: int = 2, progress: bool = True,
-                             sites: tuple[str, ...] = SITES, modalities: tuple[str, ...] = MODALITIES) -> DatasetInfo:
+                             sites: tuple[str, ...] = SITES, modalities: tuple[str, ...] = MODALITIES,
+                             degrade_percent: float | None = None) -> DatasetInfo:
     """Write a complete raw dataset into dataset_dir (which must not exist); atomic. `sites` and
-    `modalities` restrict the mix (e.g. prostate VMAT only)."""
+    `modalities` restrict the mix (e.g. prostate VMAT only). With `degrade_percent`, each test case
+    (casesTs) is planned worse for one organ, its mean dose that % of the prescription higher
+    (degraded_plans.degrade; a case where no organ can be made that much worse stays as planned), and
+    DEGRADED_PLANS_FILE says which: the truth a plan-QA check must find."""
     planning = STYLES[style]
     sites, modalities = tuple(sites), tuple(modalities)
     for given, known, what in ((sites, SITES, "site"), (modalities, MODALITIES, "modality")):
         unknown = sorted(set(given) - set(known))
         if unknown or not given:
             raise NndoseError(f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    if degrade_percent is not None and not 0 < degrade_percent <= 100:
+        raise NndoseError(f"degradation {degrade_percent} % of the prescription must lie in (0, 100]")
     n_test = int(math.floor(num_cases * test_fraction))
+    if degrade_percent is not None and n_test == 0:
+        raise NndoseError("degraded plans are test cases: give a test fraction that leaves some (-n and --test_fraction)")
     jobs = [(i, TEST_DIR if i >= num_cases - n_test else TRAIN_DIR, f"phantom_{i:03d}") for i in range(num_cases)]
     info = phantom_dataset_info(dataset_dir.name.split("_", 1)[-1], num_cases - n_test, planning, sites, modalities)
     with staged_directory(dataset_dir) as stage:
-        write = partial(_write_case, folder=stage, seed=seed, style=planning, sites=sites, modalities=modalities)
-        map_with_progress(write, jobs, num_processes, "phantoms", progress)
+        write = partial(_write_case, folder=stage, seed=seed, style=planning, sites=sites, modalities=modalities,
+                        degrade_percent=degrade_percent)
+        written = map_with_progress(write, jobs, num_processes, "phantoms", progress)
         write_dataset_json(stage, info)
+        if degrade_percent is not None:
+            truth = {"degradation_percent_of_rx": degrade_percent,
+                     "degraded": {name: record for name, record in written if record is not None},
+                     "as_planned": [name for (_, split, name), (_, record) in zip(jobs, written)
+                                    if split == TEST_DIR and record is None]}
+            (stage / DEGRADED_PLANS_FILE).write_text(json.dumps(truth, indent=1) + "\n")
     return info

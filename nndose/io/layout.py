@@ -22,6 +22,7 @@ DATASET_JSON = "dataset.json"
 TRAIN_DIR, TEST_DIR = "casesTr", "casesTs"
 CT_FILE, DOSE_FILE, PLAN_FILE, STRUCTURES_DIR = "ct", "dose", "plan.json", "structures"
 NIFTI = ".nii.gz"
+DEGRADED_PLANS_FILE = "degraded_plans.json"   # phantoms: which test plans were made worse for an organ
 
 # ----- preprocessed dataset ---------------------------------------------------------------------
 PLANS_FILE = "nndosePlans.json"

@@ -289,7 +289,7 @@ def _one_voxel(dose):
 
 @pytest.mark.parametrize("edit,needle", [
     (lambda d: np.full_like(d, 1e6), "D95 is 1e+06 Gy, 1.5e+04 x its prescription of 66 Gy"),
-    (_one_voxel, "maximum dose 1e+06 Gy is over 1.5 x the highest prescription"),
+    (_one_voxel, "maximum dose 1e+06 Gy is over 2.5 x the highest prescription"),
     (lambda d: np.zeros_like(d), "the dose is zero everywhere"),
     (lambda d: d * 100, "is the dose in cGy?"),
     (lambda d: d / 35, "x its prescription of 66 Gy"),                    # one fraction's dose, not the plan's
@@ -301,6 +301,21 @@ def test_impossible_doses_are_refused_by_verification_and_planning(template_data
     assert code == 2 and needle in err, err
     fails(plan_main, ["-d", "0", "-np", "1"], capsys, needle)
     assert tree(nndose_env["nndose_preprocessed"]) == set()
+
+
+def test_a_radiosurgery_peak_passes_and_a_higher_one_does_not():
+    from nndose.io.plan_file import Machine, Prescription, StaticBeam, TreatmentPlan
+    from nndose.io.raw_dataset import dose_problems
+    plan = TreatmentPlan("brain", "IMRT", Machine("m", 1000.0, 6.0), (Prescription("PTV", 20.0, 1),), (0.0, 0.0, 0.0),
+                         (StaticBeam(0.0),), ())
+    target = np.zeros((10, 10, 10), bool)
+    target[2:8, 2:8, 2:8] = True
+    dose = np.where(target, 20.0, 1.0).astype(np.float32)
+    dose[5, 5, 5] = 40.0    # prescribed to the 50 % isodose: the peak is twice the prescription
+    assert dose_problems(dose, {"PTV": target}, plan, "c") == []
+    dose[5, 5, 5] = 51.0    # 2.55 x
+    assert dose_problems(dose, {"PTV": target}, plan, "c") == [
+        "c: maximum dose 51 Gy is over 2.5 x the highest prescription (20 Gy)"]
 
 
 @pytest.mark.parametrize("edit,needle", [

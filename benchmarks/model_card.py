@@ -9,7 +9,7 @@ REFERENCES = (("C3D, challenge winner (blinded; an ensemble trained about 50 hou
               ("BDCL (scored after the test doses were public)", 2.07, 0.98))
 
 
-def _gb(value) -> str:
+def _gb(value) -> str:   # a score or time, n/a where the run had none
     return "n/a" if value is None else f"{value:.2f}"
 
 
@@ -39,12 +39,12 @@ The {result['validation_patients']} validation patients were kept out of trainin
 ## Validation scores ({result['validation_patients']} patients, mirroring on, the challenge's definitions)
 | model | dose score (Gy) | DVH score (Gy) |
 | --- | --- | --- |
-| this model | {result['dose_score_gy']:.2f} | {result['dvh_score_gy']:.2f} |
+| this model | {_gb(result['dose_score_gy'])} | {_gb(result['dvh_score_gy'])} |
 {rows}
 
 The reference rows are test-set results (100 patients), this model's are validation-set results:
 comparable in kind, not patient for patient. Prediction took {_gb(result.get('seconds_per_patient'))} s per
-patient on the training device.
+patient on the training device (the model loaded).
 
 ## Use
 ```bash

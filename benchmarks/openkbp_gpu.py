@@ -235,17 +235,18 @@ def train(args) -> None:
         print(status_line(work, args.trainer))
         return
     resume = (fold / CHECKPOINT_LATEST).is_file()
+    iterations = args.iterations or (state.get("iterations_per_epoch") if resume else None)   # an epoch keeps its size
     left = args.minutes - _trained_seconds(_log_epochs(model)) / 60 if resume else args.minutes
     if left <= 0.01:
         left = 0.01   # the budget is spent: one last epoch, then the final checkpoint
     command = [sys.executable, "-c", "from nndose.cli.train import main; main()", str(DATASET_ID), CONFIG, "all",
                "-tr", args.trainer, "--device", args.device, "--time_budget_minutes", f"{left:.4f}",
-               *(["--c"] if resume else []), *(["--iterations_per_epoch", str(args.iterations)] if args.iterations else [])]
+               *(["--c"] if resume else []), *(["--iterations_per_epoch", str(iterations)] if iterations else [])]
     with open(work / "train.log", "ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
     atomic_write_json(work / "train.json", {"pid": proc.pid, "host": socket.gethostname(), "minutes": args.minutes,
                                             "started": time.time(), "resumed": resume, "trainer": args.trainer,
-                                            "iterations_per_epoch": args.iterations})
+                                            "iterations_per_epoch": iterations})
     print(f"{'continuing' if resume else 'started'} training (pid {proc.pid}, {left:.2f} min left of {args.minutes:g}); "
           f"log: {work / 'train.log'}")
     if args.wait:
@@ -280,8 +281,8 @@ def finish(args) -> None:
         raise NndoseError(f"no finished training in {model} ({status_line(work, args.trainer)})")
     raw = work / "nndose_raw" / DATASET
     cases = list_cases(raw, TEST_DIR)
-    start = time.time()
     predictor = DosePredictor(model, CONFIG, folds=["all"], device=resolve_device(args.device), use_tta=True)
+    start = time.time()
     predict_cases(cases, work / "predictions", predictor)
     seconds_per_case = (time.time() - start) / len(cases)
     scores = pipeline.score(cases, raw, work / "predictions")
@@ -300,10 +301,10 @@ def finish(args) -> None:
               "validation_patients": len(cases), "tta": True, "seconds_per_patient": seconds_per_case,
               "dose_score_gy": scores["dose_score_gy"], "dvh_score_gy": scores["dvh_score_gy"], "scores": scores,
               "model_zip_mib": zip_path.stat().st_size / 2 ** 20, "submission_csvs": str(work / "submission")}
+    card = model_card(result, zip_path.name, DATASET_ID)
     out = args.o or work / "result.json"
     atomic_write_json(out, result)
-    card = zip_path.with_suffix(".md")
-    atomic_write(card, lambda p: p.write_text(model_card(result, zip_path.name, DATASET_ID)))
+    atomic_write(zip_path.with_suffix(".md"), lambda p: p.write_text(card))
     print(json.dumps({k: v for k, v in result.items() if k not in ("scores", "plan", "prepare")}, indent=2))
 
 

@@ -289,7 +289,7 @@ def _one_voxel(dose):
 
 @pytest.mark.parametrize("edit,needle", [
     (lambda d: np.full_like(d, 1e6), "D95 is 1e+06 Gy, 1.5e+04 x its prescription of 66 Gy"),
-    (_one_voxel, "maximum dose 1e+06 Gy is over 2.5 x the highest prescription"),
+    (_one_voxel, "maximum dose 1e+06 Gy is over 1.5 x the highest prescription"),
     (lambda d: np.zeros_like(d), "the dose is zero everywhere"),
     (lambda d: d * 100, "is the dose in cGy?"),
     (lambda d: d / 35, "x its prescription of 66 Gy"),                    # one fraction's dose, not the plan's
@@ -303,19 +303,25 @@ def test_impossible_doses_are_refused_by_verification_and_planning(template_data
     assert tree(nndose_env["nndose_preprocessed"]) == set()
 
 
-def test_a_radiosurgery_peak_passes_and_a_higher_one_does_not():
+@pytest.mark.parametrize("dose_gy,fractions,passes,refused", [
+    (20.0, 1, 40.0, 51.0),      # radiosurgery prescribed to the 50 % isodose peaks at 2 x: up to 2.5 x passes
+    (50.0, 5, 120.0, 126.0),    # SBRT, 10 Gy per fraction
+    (60.0, 30, 89.0, 91.0),     # 2 Gy per fraction: up to 1.5 x
+])
+def test_the_highest_plausible_peak_depends_on_the_dose_per_fraction(dose_gy, fractions, passes, refused):
     from nndose.io.plan_file import Machine, Prescription, StaticBeam, TreatmentPlan
     from nndose.io.raw_dataset import dose_problems
-    plan = TreatmentPlan("brain", "IMRT", Machine("m", 1000.0, 6.0), (Prescription("PTV", 20.0, 1),), (0.0, 0.0, 0.0),
-                         (StaticBeam(0.0),), ())
+    plan = TreatmentPlan("brain", "IMRT", Machine("m", 1000.0, 6.0), (Prescription("PTV", dose_gy, fractions),),
+                         (0.0, 0.0, 0.0), (StaticBeam(0.0),), ())
     target = np.zeros((10, 10, 10), bool)
     target[2:8, 2:8, 2:8] = True
-    dose = np.where(target, 20.0, 1.0).astype(np.float32)
-    dose[5, 5, 5] = 40.0    # prescribed to the 50 % isodose: the peak is twice the prescription
+    dose = np.where(target, dose_gy, 1.0).astype(np.float32)
+    dose[5, 5, 5] = passes
     assert dose_problems(dose, {"PTV": target}, plan, "c") == []
-    dose[5, 5, 5] = 51.0    # 2.55 x
-    assert dose_problems(dose, {"PTV": target}, plan, "c") == [
-        "c: maximum dose 51 Gy is over 2.5 x the highest prescription (20 Gy)"]
+    dose[5, 5, 5] = refused
+    [problem] = dose_problems(dose, {"PTV": target}, plan, "c")
+    limit = "2.5" if dose_gy / fractions >= 5 else "1.5"
+    assert problem.startswith(f"c: maximum dose {refused:g} Gy is over {limit} x the highest prescription ({dose_gy:g} Gy")
 
 
 @pytest.mark.parametrize("edit,needle", [

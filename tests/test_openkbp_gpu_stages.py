@@ -81,8 +81,9 @@ def test_stages_end_to_end_with_a_kill_in_the_middle(openkbp_parts, tmp_path, ca
     _wait(lambda: "stopped after" in run_ok(stages, ["status", *common], capsys), 30)
     epochs_before = len(log.read_text().splitlines())
     # the next call goes on from the last epoch with what is left of a (now short) budget
-    out = run_ok(stages, ["train", "--minutes", "0.05", "--iterations", "2", "--wait", *common], capsys)
+    out = run_ok(stages, ["train", "--minutes", "0.05", "--wait", *common], capsys)
     assert "continuing training" in out and "finished:" in out
+    assert json.loads((work / "train.json").read_text())["iterations_per_epoch"] == 2   # epochs keep their size
     assert len(log.read_text().splitlines()) > epochs_before
     out = run_ok(stages, ["finish", *common], capsys)
     result = json.loads((work / "result.json").read_text())
@@ -91,7 +92,8 @@ def test_stages_end_to_end_with_a_kill_in_the_middle(openkbp_parts, tmp_path, ca
     assert sorted(p.name for p in (work / "submission").iterdir()) == ["pt_7.csv", "pt_8.csv"]
     card = (work / "model.md").read_text()   # the model card carries the run's own numbers
     assert f"| this model | {result['dose_score_gy']:.2f} | {result['dvh_score_gy']:.2f} |" in card
-    assert "6 OpenKBP training patients" in card and f"{result['epochs']} epochs" in card and "| 2.43 | 1.48 |" in card
+    assert "6 OpenKBP training patients" in card and f"{result['epochs']} epochs of 2 iterations" in card
+    assert "| 2.43 | 1.48 |" in card
     with zipfile.ZipFile(work / "model.zip") as z:
         member = next(n for n in z.namelist() if n.endswith(".pth"))
         z.extract(member, tmp_path / "unzipped")

@@ -118,12 +118,21 @@ def _mask_problems(name: str, rel: str, arr: np.ndarray) -> list[str]:
 
 
 MIN_D95_OVER_RX, MAX_D95_OVER_RX = 0.3, 1.5   # a target's D95 against its prescription (OpenKBP pt_131: 0.45)
-MAX_DOSE_OVER_RX = 2.5   # the maximum against the highest prescription: radiosurgery prescribed to the 50 % (or 40 %) isodose has 2 (2.5) x
+# The maximum against the highest prescription: 1.5 x for conventional fractions; from 5 Gy per fraction
+# (SBRT, radiosurgery prescribed to the 50 % or 40 % isodose: 2 or 2.5 x) 2.5 x.
+MAX_DOSE_OVER_RX, MAX_DOSE_OVER_RX_HYPOFRACTIONATED, HYPOFRACTIONATED_GY_PER_FRACTION = 1.5, 2.5, 5.0
+
+
+def max_dose_over_rx(plan: TreatmentPlan) -> float:
+    """The highest plausible maximum dose of a plan, as a multiple of its highest prescription."""
+    top = max(plan.prescriptions, key=lambda p: p.dose_gy)
+    hypo = top.dose_gy / top.fractions >= HYPOFRACTIONATED_GY_PER_FRACTION
+    return MAX_DOSE_OVER_RX_HYPOFRACTIONATED if hypo else MAX_DOSE_OVER_RX
 
 
 def dose_problems(dose_gy: np.ndarray, structures: dict[str, np.ndarray], plan: TreatmentPlan, where: str) -> list[str]:
     """A planned dose that cannot belong to its prescriptions: zero everywhere, a target's D95 off by
-    more than a factor 1.5 (or about 100 x: a dose in cGy), a maximum above 2.5 x the highest one."""
+    more than a factor 1.5 (or about 100 x: a dose in cGy), a maximum above max_dose_over_rx x the highest one."""
     peak = float(dose_gy.max())
     if peak <= 0:
         return [f"{where}: the dose is zero everywhere"]
@@ -138,9 +147,11 @@ def dose_problems(dose_gy: np.ndarray, structures: dict[str, np.ndarray], plan: 
             if not MIN_D95_OVER_RX <= ratio <= MAX_D95_OVER_RX:
                 problems.append(f"{where}: {p.structure} D95 is {d95:.3g} Gy, {ratio:.2g} x its prescription of "
                                 f"{p.dose_gy:g} Gy (a planned dose lies within {MIN_D95_OVER_RX:g} to {MAX_D95_OVER_RX:g} x)")
-    if peak > MAX_DOSE_OVER_RX * plan.reference_dose_gy:
-        problems.append(f"{where}: maximum dose {peak:.4g} Gy is over {MAX_DOSE_OVER_RX:g} x the highest prescription "
-                        f"({plan.reference_dose_gy:g} Gy)")
+    limit = max_dose_over_rx(plan)
+    if peak > limit * plan.reference_dose_gy:
+        problems.append(f"{where}: maximum dose {peak:.4g} Gy is over {limit:g} x the highest prescription "
+                        f"({plan.reference_dose_gy:g} Gy; {MAX_DOSE_OVER_RX_HYPOFRACTIONATED:g} x from "
+                        f"{HYPOFRACTIONATED_GY_PER_FRACTION:g} Gy per fraction)")
     return problems
 
 

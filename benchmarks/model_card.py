@@ -9,7 +9,7 @@ REFERENCES = (("C3D, challenge winner (blinded; an ensemble trained about 50 hou
               ("BDCL (scored after the test doses were public)", 2.07, 0.98))
 
 
-def _gb(value) -> str:   # a score or time, n/a where the run had none
+def _shown(value) -> str:   # a score or time, n/a where the run had none
     return "n/a" if value is None else f"{value:.2f}"
 
 
@@ -39,11 +39,11 @@ The {result['validation_patients']} validation patients were kept out of trainin
 ## Validation scores ({result['validation_patients']} patients, mirroring on, the challenge's definitions)
 | model | dose score (Gy) | DVH score (Gy) |
 | --- | --- | --- |
-| this model | {_gb(result['dose_score_gy'])} | {_gb(result['dvh_score_gy'])} |
+| this model | {_shown(result['dose_score_gy'])} | {_shown(result['dvh_score_gy'])} |
 {rows}
 
 The reference rows are test-set results (100 patients), this model's are validation-set results:
-comparable in kind, not patient for patient. Prediction took {_gb(result.get('seconds_per_patient'))} s per
+comparable in kind, not patient for patient. Prediction took {_shown(result.get('seconds_per_patient'))} s per
 patient on the training device (the model loaded).
 
 ## Use

@@ -29,9 +29,8 @@ import numpy as np
 
 from benchmarks import pipeline
 from nndose.cli.common import run_cli
-from nndose.datasets.degraded_plans import degrade
 from nndose.datasets.phantom_dose_engine import STYLES
-from nndose.datasets.phantoms import make_case
+from nndose.datasets.phantoms import make_case_with_worse
 from nndose.devices import resolve_device
 from nndose.inference.predictor import DosePredictor
 from nndose.io.layout import FOLDS, PLANS_FILE, TEST_DIR
@@ -51,9 +50,9 @@ TOLERANCES = ((1.0, 1.5), (1.5, 2.0), (2.0, 3.0), (3.0, 4.5), (4.0, 6.0), (5.0, 
 def _plan_twice(job: tuple) -> tuple[str, dict | None]:
     """One held-out phantom written standard and degraded under out/; (name, what was degraded or None)."""
     index, seed, percent, out = job
-    anatomy, plan, dose = make_case(index, seed, STYLES["standard"], sites=SITES, modalities=MODALITIES)
+    anatomy, plan, dose, worse = make_case_with_worse(index, seed, STYLES["standard"], percent, sites=SITES,
+                                                      modalities=MODALITIES)
     name = f"phantom_{index:03d}"
-    worse = degrade(anatomy, plan, dose, percent / 100 * plan.reference_dose_gy, seed=index)
     if worse is None:
         return name, None
     write_case(out / "standard" / name, anatomy.grid, anatomy.ct, anatomy.structures, plan, dose)

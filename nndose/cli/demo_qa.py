@@ -8,9 +8,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from nndose.datasets.degraded_plans import DegradedPlan, degrade
+from nndose.datasets.degraded_plans import DegradedPlan
 from nndose.datasets.phantom_dose_engine import STYLES
-from nndose.datasets.phantoms import make_case
+from nndose.datasets.phantoms import make_case, make_case_with_worse
 from nndose.inference.predictor import DosePredictor
 from nndose.io.layout import DOSE_FILE, NIFTI, QA_INDEX, TEST_DIR
 from nndose.io.raw_dataset import list_cases, write_case
@@ -36,10 +36,7 @@ def clinical_plans(raw: Path, seed: int, out: Path) -> tuple[str, DegradedPlan] 
         shutil.copytree(case, out / case.name)
     for case in cases:
         index = int(case.name.rsplit("_", 1)[1])
-        anatomy, plan, dose = make_case(index, seed, STYLES["standard"])
-        if plan.modality == "3D-CRT":   # open fields: no organ is spared in the first place
-            continue
-        worse = degrade(anatomy, plan, dose, MIN_INCREASE_PERCENT_OF_RX / 100 * plan.reference_dose_gy, seed=index, steps=0)
+        anatomy, _, _, worse = make_case_with_worse(index, seed, STYLES["standard"], MIN_INCREASE_PERCENT_OF_RX, steps=0)
         if worse is not None:
             write_volume(out / case.name / f"{DOSE_FILE}{NIFTI}", worse.dose_gy, anatomy.grid)
             return case.name, worse

@@ -42,6 +42,8 @@ def degrade(anatomy: Anatomy, plan: TreatmentPlan, dose_gy: np.ndarray, increase
     def plan_with(organ: str, weight: float) -> np.ndarray:
         return compute_dose(anatomy.ct, anatomy.grid, anatomy.structures, phantom_kinds(), plan,
                             degraded(style, organ, weight), seed=seed)
+    if plan.modality == "3D-CRT":
+        return None   # open fields, fitted to the targets alone: no organ weight changes the plan
     best = None
     for organ in CANDIDATES.get(plan.site, ()):
         if organ not in anatomy.structures:

@@ -97,6 +97,17 @@ def make_case(index: int, seed: int, style: PlanningStyle, site: str | None = No
     return anatomy, plan, dose
 
 
+def make_case_with_worse(index: int, seed: int, style: PlanningStyle, worse_percent: float | None, steps: int = 8,
+                         sites: tuple[str, ...] = SITES, modalities: tuple[str, ...] = MODALITIES):
+    """make_case's (anatomy, plan, dose) and the same plan made worse for one organ, its mean dose
+    `worse_percent` % of the prescription higher (a degraded_plans.DegradedPlan; None where no organ can
+    be made that much worse, or worse_percent None)."""
+    anatomy, plan, dose = make_case(index, seed, style, sites=sites, modalities=modalities)
+    worse = None if worse_percent is None else degrade(anatomy, plan, dose, worse_percent / 100 * plan.reference_dose_gy,
+                                                       seed=index, steps=steps, style=style)   # make_case plans with seed=index
+    return anatomy, plan, dose, worse
+
+
 def phantom_dataset_info(name: str, num_training: int, style: PlanningStyle, sites: tuple[str, ...] = SITES,
                          modalities: tuple[str, ...] = MODALITIES) -> DatasetInfo:
     return DatasetInfo(name, phantom_kinds(), NIFTI, num_training,
@@ -110,10 +121,8 @@ def _write_case(args, folder: Path, seed: int, style: PlanningStyle, sites: tupl
     """Write one phantom; a test case with `degrade_percent` is planned worse for one organ (None: none
     could be made that much worse). Returns (name, what was made worse or None)."""
     index, split, name = args
-    anatomy, plan, dose = make_case(index, seed, style, sites=sites, modalities=modalities)
-    worse = None
-    if degrade_percent and split == TEST_DIR:
-        worse = degrade(anatomy, plan, dose, degrade_percent / 100 * plan.reference_dose_gy, seed=index, style=style)
+    anatomy, plan, dose, worse = make_case_with_worse(index, seed, style, degrade_percent if split == TEST_DIR else None,
+                                                      sites=sites, modalities=modalities)
     write_case(folder / split / name, anatomy.grid, anatomy.ct, anatomy.structures, plan,
                dose if worse is None else worse.dose_gy)
     return name, None if worse is None else worse.record(plan.reference_dose_gy)

@@ -67,12 +67,16 @@ class MetricQA:
     reason: str
 
     @property
+    def slack(self) -> float:
+        """How much worse than predicted the flag rule lets a value be, the interval aside."""
+        return self.tolerance if self.margin is None else max(self.tolerance, self.margin)
+
+    @property
     def allowed(self) -> float:
         """The worst value the flag rule lets pass: beyond the interval, the tolerance and the margin."""
-        slack = max(self.tolerance, -math.inf if self.margin is None else self.margin)
         if self.higher_is_worse:
-            return max(self.upper, self.predicted + slack)
-        return min(self.lower, self.predicted - slack)
+            return max(self.upper, self.predicted + self.slack)
+        return min(self.lower, self.predicted - self.slack)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -93,7 +97,7 @@ class StructureQA:
         """The flagged metrics' reasons; unflagged, the reason of the metric closest to a flag."""
         if self.flagged:
             return "; ".join(m.reason for m in self.metrics if m.flagged)
-        return max(self.metrics, key=lambda m: m.excess - max(m.tolerance, m.margin or 0.0)).reason
+        return max(self.metrics, key=lambda m: m.excess - m.slack).reason
 
     def metric(self, name: str) -> MetricQA | None:
         return next((m for m in self.metrics if m.name == name), None)

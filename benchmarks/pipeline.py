@@ -82,15 +82,16 @@ def plan(dataset_id: int, small_network: bool, num_processes: int = 2, configs: 
 
 
 def train(dataset_id: int, epochs: int, iterations: int, device: str, exclude_sites=(), config: str = "3d_fullres",
-          fold: str = "all", reuse: bool = False) -> Path:
+          fold: str = "all", reuse: bool = False, trainer: str = "nndoseTrainer") -> Path:
     """The trained model folder; with `reuse`, a fold that already has its final checkpoint is kept."""
     if reuse:
         pre = require_dataset(preprocessed_root(), dataset_id, "preprocessed")
-        model = model_folder(results_root() / pre.name, "nndoseTrainer", load_plans(pre / PLANS_FILE).plans_name, config)
+        model = model_folder(results_root() / pre.name, trainer, load_plans(pre / PLANS_FILE).plans_name, config)
         if (fold_folder(model, fold) / CHECKPOINT_FINAL).is_file():
             return model
-    return train_fold(TrainingRun(dataset_id=dataset_id, configuration=config, fold=fold, device=device, epochs=epochs,
-                                  iterations_per_epoch=iterations, exclude_sites=tuple(exclude_sites))).parent
+    return train_fold(TrainingRun(dataset_id=dataset_id, configuration=config, fold=fold, trainer=trainer, device=device,
+                                  epochs=epochs, iterations_per_epoch=iterations,
+                                  exclude_sites=tuple(exclude_sites))).parent
 
 
 def score(case_dirs: list[Path], raw: Path, predictions: Path) -> dict:

@@ -14,7 +14,8 @@ flagged; with a sweep of tolerances. --reuse flags again from the work folder's 
 
 python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu_5_percent.json --small_network -np 2 \
     --device cpu --epochs 40 --iterations 20 --n_test 96
-then, on the same trained folds, `--reuse --degradation_percent 10 -o ..._10_percent.json`. On a GPU, the
+then, on the same trained folds, `--reuse --degradation_percent 10 -o ..._10_percent.json`. `-tr` trains
+another trainer (e.g. nndoseTrainer_MAE_DVH) on the same phantoms. On a GPU, the
 default network: `-o benchmarks/results/plan_qa_phantoms_h100_5_percent.json --device cuda --n_test 96 -np 16`. A separability
 section says how far the model's accuracy lets any flag rule go (AUC of the degraded organ's Dmean excess).
 """
@@ -111,6 +112,7 @@ def main() -> None:
     ap = pipeline.phantom_benchmark_parser(__doc__, "/tmp/nndose_plan_qa_bench", 60)
     ap.add_argument("--n_test", type=int, default=24, help="held-out phantoms planned twice")
     ap.add_argument("--degradation_percent", type=float, default=5.0, help="mean-dose increase of the degraded organ")
+    ap.add_argument("-tr", "--trainer", default="nndoseTrainer", help="trainer class (e.g. nndoseTrainer_MAE_DVH)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the work folder's dataset, trained folds and test sets (QA again, e.g. after a change of the flag rule)")
     args = ap.parse_args()
@@ -121,7 +123,8 @@ def main() -> None:
                           sites=SITES, modalities=MODALITIES)
         pipeline.plan(970, args.small_network, num_processes=args.np)
     for fold in FOLDS:
-        model = pipeline.train(970, args.epochs, args.iterations, args.device, fold=fold, reuse=args.reuse)
+        model = pipeline.train(970, args.epochs, args.iterations, args.device, fold=fold, reuse=args.reuse,
+                               trainer=args.trainer)
     trained = time.time()
     sets = work / f"qa_sets_{args.degradation_percent:g}_percent"
     if args.reuse and (sets / "truth.json").is_file():
@@ -143,7 +146,7 @@ def main() -> None:
         rerun = {label: [with_tolerance(q, tolerance, calibration) for q in qas] for label, qas in runs.items()}
         return score(rerun["standard"], rerun["degraded"], truth["degraded"])
     default = calibrate(oof, DEFAULT_FALSE_ALARM)
-    result = {"phantoms_trained": args.n, "folds": len(FOLDS), "epochs": args.epochs, "iterations_per_epoch": args.iterations,
+    result = {"phantoms_trained": args.n, "trainer": args.trainer, "folds": len(FOLDS), "epochs": args.epochs, "iterations_per_epoch": args.iterations,
               "small_network": args.small_network, "degradation_percent_of_rx": args.degradation_percent,
               "test_sets": truth, "validation_cases": len(oof),
               "default_rule": scored(Tolerance(), default),

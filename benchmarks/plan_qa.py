@@ -15,8 +15,8 @@ flagged; with a sweep of tolerances. --reuse flags again from the work folder's 
 python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu_5_percent.json --small_network -np 2 \
     --device cpu --epochs 40 --iterations 20 --n_test 96
 then, on the same trained folds, `--reuse --degradation_percent 10 -o ..._10_percent.json`. `-tr` trains
-another trainer (e.g. nndoseTrainer_MAE_DVH) on the same phantoms. On a GPU, the
-default network: `-o benchmarks/results/plan_qa_phantoms_h100_5_percent.json --device cuda --n_test 96 -np 16`. A separability
+another trainer (e.g. nndoseTrainer_MAE_DVH) on the same phantoms. On a GPU, the default network:
+`-o benchmarks/results/plan_qa_phantoms_h100_5_percent.json --device cuda --n_test 96 -np 16`. A separability
 section says how far the model's accuracy lets any flag rule go (AUC of the degraded organ's Dmean excess).
 """
 from __future__ import annotations
@@ -146,7 +146,8 @@ def main() -> None:
         rerun = {label: [with_tolerance(q, tolerance, calibration) for q in qas] for label, qas in runs.items()}
         return score(rerun["standard"], rerun["degraded"], truth["degraded"])
     default = calibrate(oof, DEFAULT_FALSE_ALARM)
-    result = {"phantoms_trained": args.n, "trainer": args.trainer, "folds": len(FOLDS), "epochs": args.epochs, "iterations_per_epoch": args.iterations,
+    result = {"phantoms_trained": args.n, "trainer": args.trainer, "folds": len(FOLDS), "epochs": args.epochs,
+              "iterations_per_epoch": args.iterations,
               "small_network": args.small_network, "degradation_percent_of_rx": args.degradation_percent,
               "test_sets": truth, "validation_cases": len(oof),
               "default_rule": scored(Tolerance(), default),

@@ -41,6 +41,7 @@ from nndose.paths import preprocessed_root
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM, calibrate, validation_cases
 from nndose.qa.compare import Tolerance, with_tolerance
 from nndose.qa.run import plan_qa
+from nndose.training.trainer_variants import trainer_class
 
 SITES = ("prostate", "head_neck")
 MODALITIES = ("IMRT", "VMAT")
@@ -116,6 +117,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="keep the work folder's dataset, trained folds and test sets (QA again, e.g. after a change of the flag rule)")
     args = ap.parse_args()
+    trainer_class(args.trainer)   # an unknown trainer refused before any phantom is made
     start = time.time()
     work = pipeline.use_work_folder(args.work, keep=args.reuse)
     if not (args.reuse and list(preprocessed_root().glob(f"Dataset970_*/{PLANS_FILE}"))):

@@ -36,7 +36,7 @@ def case_fingerprint(case_dir: Path, info: DatasetInfo, crop_margin_mm: float) -
             "energy_mv": p.machine.energy_mv, "num_beams": len(p.beams), "num_arcs": len(p.arcs),
             "gantry_deg": [b.gantry_deg for b in p.beams],
             "arcs": [[a.gantry_start_deg, a.gantry_stop_deg, a.direction] for a in p.arcs],
-            "non_coplanar": any(b.couch_deg != 0 for b in p.beams) or any(a.couch_deg != 0 for a in p.arcs),
+            "non_coplanar": p.non_coplanar,
             "structure_volumes_cc": {n: float(m.sum() * voxel_cc) for n, m in case.structures.items()}}
 
 

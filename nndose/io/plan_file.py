@@ -72,6 +72,11 @@ class TreatmentPlan:
         """The case's highest prescription: the scale of the prescription map and of the training target."""
         return max(p.dose_gy for p in self.prescriptions)
 
+    @property
+    def non_coplanar(self) -> bool:
+        """Whether any beam or arc is delivered with the couch turned."""
+        return any(b.couch_deg != 0 for b in self.beams) or any(a.couch_deg != 0 for a in self.arcs)
+
     def prescription_of(self, structure: str) -> Prescription | None:
         return next((p for p in self.prescriptions if p.structure == structure), None)
 

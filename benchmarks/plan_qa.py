@@ -34,10 +34,11 @@ from nndose.datasets.phantom_dose_engine import STYLES
 from nndose.datasets.phantoms import make_case_with_worse
 from nndose.devices import resolve_device
 from nndose.inference.predictor import DosePredictor
-from nndose.io.layout import FOLDS, PLANS_FILE, TEST_DIR
+from nndose.io.layout import FOLDS, PLAN_FILE, PLANS_FILE
+from nndose.io.plan_file import load_plan
 from nndose.io.raw_dataset import list_cases, write_case
 from nndose.parallel import map_with_progress
-from nndose.paths import preprocessed_root
+from nndose.paths import preprocessed_root, raw_root, require_dataset
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM, calibrate, validation_cases
 from nndose.qa.compare import Tolerance, with_tolerance
 from nndose.qa.run import plan_qa
@@ -91,22 +92,48 @@ def _dmean_excess(q, organ: str) -> float:
     return next(m.excess for m in q.structure(organ).metrics if m.name == "Dmean")
 
 
-def separability(standard: list, degraded: list, truth: dict) -> dict:
+def technique(plan) -> str:
+    """The plan's site and delivery, the strata of the separability breakdown (e.g. 'head_neck IMRT
+    non-coplanar')."""
+    return f"{plan.site} {plan.modality}" + (" non-coplanar" if plan.non_coplanar else "")
+
+
+def _separation(worse: list[float], every: list[float]) -> dict:
+    """AUC of degraded organs' Dmean excess against standard organs', and the sensitivity of a threshold
+    set on those standard organs for 5 % false alarms (an oracle)."""
+    worse, every = np.asarray(worse), np.asarray(every)
+    oracle = float(np.quantile(every, 0.95))
+    return {"auc_dmean": float(np.mean(worse[:, None] > every[None, :])),
+            "oracle_dmean_threshold_gy": oracle,
+            "oracle_sensitivity_at_5_percent_false_alarms": float(np.mean(worse > oracle))}
+
+
+def separability(standard: list, degraded: list, truth: dict, techniques: dict[str, str],
+                 training_techniques: list[str]) -> dict:
     """How far the model's accuracy lets any rule go: the degraded organ's Dmean excess over the
     prediction in its degraded and its standard plan, every organ's in the standard plans, the
     probability that a degraded organ's excess beats a standard organ's (AUC), and the sensitivity of
-    a Dmean-only threshold set on the test plans themselves (an oracle) for 5 % false alarms."""
+    a Dmean-only threshold set on the test plans themselves (an oracle) for 5 % false alarms. The same
+    per technique (`techniques`: case -> technique of the test plans), with how many training plans
+    had it."""
     standard_by_case = {q.case: q for q in standard}
-    worse = [_dmean_excess(q, truth[q.case]["organ"]) for q in degraded]
+    worse = {q.case: _dmean_excess(q, truth[q.case]["organ"]) for q in degraded}
     same_organ = [_dmean_excess(standard_by_case[q.case], truth[q.case]["organ"]) for q in degraded]
-    every = np.array([_dmean_excess(q, s.name) for q in standard for s in q.structures if s.kind == "oar"])
-    oracle = float(np.quantile(every, 0.95))
-    return {"degraded_organ_dmean_excess_gy": {"mean": float(np.mean(worse)), "sd": float(np.std(worse))},
+    every = {q.case: [_dmean_excess(q, s.name) for s in q.structures if s.kind == "oar"] for q in standard}
+
+    def pooled(cases) -> tuple[list[float], list[float]]:
+        return [worse[c] for c in cases if c in worse], [e for c in cases for e in every.get(c, [])]
+    w, e = pooled(list(standard_by_case))
+    by_technique = {}
+    for t in sorted(set(techniques.values())):
+        tw, te = pooled([c for c, ct in techniques.items() if ct == t])
+        by_technique[t] = {"training_plans": training_techniques.count(t), "test_plans": len(tw),
+                           "standard_organs_dmean_excess_gy": {"mean": float(np.mean(te)), "sd": float(np.std(te))},
+                           **(_separation(tw, te) if tw else {})}
+    return {"degraded_organ_dmean_excess_gy": {"mean": float(np.mean(w)), "sd": float(np.std(w))},
             "same_organ_standard_plan_dmean_excess_gy": {"mean": float(np.mean(same_organ)), "sd": float(np.std(same_organ))},
-            "standard_organs_dmean_excess_gy": {"mean": float(every.mean()), "sd": float(every.std())},
-            "auc_dmean": float(np.mean([w > e for w in worse for e in every])),
-            "oracle_dmean_threshold_gy": oracle,
-            "oracle_sensitivity_at_5_percent_false_alarms": float(np.mean(np.array(worse) > oracle))}
+            "standard_organs_dmean_excess_gy": {"mean": float(np.mean(e)), "sd": float(np.std(e))},
+            **_separation(w, e), "by_technique": by_technique}
 
 
 def main() -> None:
@@ -124,6 +151,7 @@ def main() -> None:
         pipeline.phantoms(970, "QA", args.n, seed=21, num_processes=args.np, test_fraction=0.0,
                           sites=SITES, modalities=MODALITIES)
         pipeline.plan(970, args.small_network, num_processes=args.np)
+    raw = require_dataset(raw_root(), 970, "raw")
     for fold in FOLDS:
         model = pipeline.train(970, args.epochs, args.iterations, args.device, fold=fold, reuse=args.reuse,
                                trainer=args.trainer)
@@ -153,7 +181,9 @@ def main() -> None:
               "small_network": args.small_network, "degradation_percent_of_rx": args.degradation_percent,
               "test_sets": truth, "validation_cases": len(oof),
               "default_rule": scored(Tolerance(), default),
-              "separability": separability(runs["standard"], runs["degraded"], truth["degraded"]),
+              "separability": separability(runs["standard"], runs["degraded"], truth["degraded"],
+                                           {c.name: technique(load_plan(c / PLAN_FILE)) for c in list_cases(sets, "standard")},
+                                           [technique(load_plan(c / PLAN_FILE)) for c in list_cases(raw)]),
               "flag_rules": {name: scored(Tolerance(), cal) for name, cal in rules.items()},
               "calibration": None if default is None else {k: v for k, v in default.to_json().items()
                                                            if k in ("levels", "calibration_rate", "pooled_margins")}}

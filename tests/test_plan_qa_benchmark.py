@@ -1,0 +1,54 @@
+"""The plan-QA benchmark's separability, pooled and per technique, on hand-built plans whose organ
+excesses are known; and what a plan's technique is."""
+import numpy as np
+import pytest
+
+from benchmarks.plan_qa import separability, technique
+from nndose.io.plan_file import Machine, Prescription, StaticBeam, TreatmentPlan
+from nndose.qa.compare import Tolerance, compare_case
+
+SHAPE = (2, 8, 10)
+KINDS = {"Body": "body", "PTV": "target", "Rectum": "oar", "Bladder": "oar"}
+
+
+def _case(name: str, excess_gy: dict[str, float]):
+    """Predicted: PTV 60 Gy, rectum 22 Gy, bladder 10 Gy, elsewhere 2 Gy (folds +-1 Gy); the clinical
+    dose that plus `excess_gy` inside the named organs, so each organ's Dmean excess is exactly that."""
+    m = {n: np.zeros(SHAPE, bool) for n in KINDS}
+    m["Body"][:] = True
+    m["PTV"][:, 1:3, 2:8] = True
+    m["Rectum"][:, 4:6, 2:8] = True
+    m["Bladder"][:, 7, 2:8] = True
+    mean = np.full(SHAPE, 2.0)
+    mean[m["PTV"]], mean[m["Rectum"]], mean[m["Bladder"]] = 60.0, 22.0, 10.0
+    clinical = mean + sum(gy * m[organ] for organ, gy in excess_gy.items())
+    return compare_case(name, clinical, [mean - 1.0, mean, mean + 1.0], m, KINDS, {"PTV": 60.0}, 1000.0, Tolerance())
+
+
+def test_separability_pooled_and_per_technique_by_hand():
+    standard = [_case("a", {"Rectum": 1.0}), _case("b", {"Bladder": 3.0})]
+    degraded = [_case("a", {"Rectum": 4.0}), _case("b", {"Bladder": 2.0})]
+    truth = {"a": {"organ": "Rectum"}, "b": {"organ": "Bladder"}}
+    s = separability(standard, degraded, truth, {"a": "prostate IMRT", "b": "prostate VMAT"},
+                     ["prostate IMRT", "prostate IMRT", "head_neck VMAT"])
+    # standard organs' excesses 1, 0 (a) and 0, 3 (b); degraded organs' 4 and 2
+    assert s["standard_organs_dmean_excess_gy"] == pytest.approx({"mean": 1.0, "sd": np.sqrt(1.5)})
+    assert s["same_organ_standard_plan_dmean_excess_gy"] == pytest.approx({"mean": 2.0, "sd": 1.0})
+    assert s["auc_dmean"] == pytest.approx(7 / 8)                  # 4 beats all four, 2 beats 1, 0, 0
+    assert s["oracle_dmean_threshold_gy"] == pytest.approx(2.7)    # [0, 0, 1, 3] at 0.95: 1 + 0.85 * 2
+    assert s["oracle_sensitivity_at_5_percent_false_alarms"] == 0.5
+    imrt, vmat = s["by_technique"]["prostate IMRT"], s["by_technique"]["prostate VMAT"]
+    assert (imrt["training_plans"], imrt["test_plans"], vmat["training_plans"], vmat["test_plans"]) == (2, 1, 0, 1)
+    assert imrt["auc_dmean"] == 1.0 and imrt["oracle_dmean_threshold_gy"] == pytest.approx(0.95)
+    assert imrt["oracle_sensitivity_at_5_percent_false_alarms"] == 1.0
+    assert vmat["auc_dmean"] == 0.5 and vmat["oracle_dmean_threshold_gy"] == pytest.approx(2.85)
+    assert vmat["oracle_sensitivity_at_5_percent_false_alarms"] == 0.0
+    assert vmat["standard_organs_dmean_excess_gy"] == pytest.approx({"mean": 1.5, "sd": 1.5})
+
+
+def test_technique_names_site_modality_and_a_turned_couch():
+    def plan(couch_deg):
+        return TreatmentPlan("head_neck", "IMRT", Machine("linac", 1000.0, 6.0), (Prescription("PTV", 70.0, 35),),
+                             (0.0, 0.0, 0.0), (StaticBeam(0.0), StaticBeam(40.0, couch_deg)))
+    assert technique(plan(0.0)) == "head_neck IMRT" and not plan(0.0).non_coplanar
+    assert technique(plan(90.0)) == "head_neck IMRT non-coplanar" and plan(90.0).non_coplanar

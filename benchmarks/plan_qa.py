@@ -17,7 +17,8 @@ python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu_5_percen
 then, on the same trained folds, `--reuse --degradation_percent 10 -o ..._10_percent.json`. `-tr` trains
 another trainer (e.g. nndoseTrainer_MAE_DVH) on the same phantoms. On a GPU, the default network:
 `-o benchmarks/results/plan_qa_phantoms_h100_5_percent.json --device cuda --n_test 96 -np 16`. A separability
-section says how far the model's accuracy lets any flag rule go (AUC of the degraded organ's Dmean excess).
+section says how far the model's accuracy lets any flag rule go (AUC of the degraded organ's Dmean excess),
+pooled and per technique (site, modality, non-coplanar), with how many training plans had that technique.
 """
 from __future__ import annotations
 
@@ -121,12 +122,12 @@ def separability(standard: list, degraded: list, truth: dict, techniques: dict[s
     same_organ = [_dmean_excess(standard_by_case[q.case], truth[q.case]["organ"]) for q in degraded]
     every = {q.case: [_dmean_excess(q, s.name) for s in q.structures if s.kind == "oar"] for q in standard}
 
-    def pooled(cases) -> tuple[list[float], list[float]]:
+    def excesses(cases) -> tuple[list[float], list[float]]:   # (degraded organs', standard organs') of these cases
         return [worse[c] for c in cases if c in worse], [e for c in cases for e in every.get(c, [])]
-    w, e = pooled(list(standard_by_case))
+    w, e = excesses(list(standard_by_case))
     by_technique = {}
     for t in sorted(set(techniques.values())):
-        tw, te = pooled([c for c, ct in techniques.items() if ct == t])
+        tw, te = excesses([c for c, ct in techniques.items() if ct == t])
         by_technique[t] = {"training_plans": training_techniques.count(t), "test_plans": len(tw),
                            "standard_organs_dmean_excess_gy": {"mean": float(np.mean(te)), "sd": float(np.std(te))},
                            **(_separation(tw, te) if tw else {})}
@@ -176,13 +177,13 @@ def main() -> None:
         rerun = {label: [with_tolerance(q, tolerance, calibration) for q in qas] for label, qas in runs.items()}
         return score(rerun["standard"], rerun["degraded"], truth["degraded"])
     default = calibrate(oof, DEFAULT_FALSE_ALARM)
+    test_techniques = {c.name: technique(load_plan(c / PLAN_FILE)) for c in list_cases(sets, "standard")}
     result = {"phantoms_trained": args.n, "trainer": args.trainer, "folds": len(FOLDS), "epochs": args.epochs,
               "iterations_per_epoch": args.iterations,
               "small_network": args.small_network, "degradation_percent_of_rx": args.degradation_percent,
               "test_sets": truth, "validation_cases": len(oof),
               "default_rule": scored(Tolerance(), default),
-              "separability": separability(runs["standard"], runs["degraded"], truth["degraded"],
-                                           {c.name: technique(load_plan(c / PLAN_FILE)) for c in list_cases(sets, "standard")},
+              "separability": separability(runs["standard"], runs["degraded"], truth["degraded"], test_techniques,
                                            [technique(load_plan(c / PLAN_FILE)) for c in list_cases(raw)]),
               "flag_rules": {name: scored(Tolerance(), cal) for name, cal in rules.items()},
               "calibration": None if default is None else {k: v for k, v in default.to_json().items()

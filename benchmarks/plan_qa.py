@@ -31,6 +31,7 @@ import numpy as np
 
 from benchmarks import pipeline
 from nndose.cli.common import run_cli
+from nndose.datasets.degraded_plans import check_increase_percent
 from nndose.datasets.phantom_dose_engine import STYLES
 from nndose.datasets.phantoms import make_case_with_worse
 from nndose.devices import resolve_device
@@ -145,7 +146,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="keep the work folder's dataset, trained folds and test sets (QA again, e.g. after a change of the flag rule)")
     args = ap.parse_args()
-    trainer_class(args.trainer)   # an unknown trainer refused before any phantom is made
+    trainer_class(args.trainer)   # an unknown trainer or degradation refused before any phantom is made
+    check_increase_percent(args.degradation_percent)
     start = time.time()
     work = pipeline.use_work_folder(args.work, keep=args.reuse)
     if not (args.reuse and list(preprocessed_root().glob(f"Dataset970_*/{PLANS_FILE}"))):

@@ -1,5 +1,9 @@
 """The plan-QA benchmark's separability, pooled and per technique, on hand-built plans whose organ
 excesses are known; and what a plan's technique is."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -52,3 +56,13 @@ def test_technique_names_site_modality_and_a_turned_couch():
                              (0.0, 0.0, 0.0), (StaticBeam(0.0), StaticBeam(40.0, couch_deg)))
     assert technique(plan(0.0)) == "head_neck IMRT" and not plan(0.0).non_coplanar
     assert technique(plan(90.0)) == "head_neck IMRT non-coplanar" and plan(90.0).non_coplanar
+
+
+@pytest.mark.parametrize("bad, message", [(["-tr", "Bogus"], "unknown trainer 'Bogus'"),
+                                          (["--degradation_percent", "0"], "must lie in (0, 100]")])
+def test_bad_arguments_refused_in_one_line_before_any_work(bad, message, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "benchmarks.plan_qa", "-o", str(tmp_path / "r.json"),
+                          "--work", str(tmp_path / "work"), "--n", "5", "--n_test", "1", "--epochs", "1", *bad],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert run.returncode == 2 and run.stderr.startswith("benchmarks.plan_qa: error: ") and message in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

@@ -9,6 +9,7 @@ import numpy as np
 
 from nndose.datasets.phantom_anatomy import Anatomy, phantom_kinds
 from nndose.datasets.phantom_dose_engine import STYLES, PlanningStyle, compute_dose, degraded
+from nndose.errors import NndoseError
 from nndose.io.plan_file import TreatmentPlan
 
 # organs whose sparing the optimizer trades against target coverage, per site
@@ -27,6 +28,12 @@ class DegradedPlan:
         """What was made worse, for a truth file (the dose left out)."""
         return {"organ": self.organ, "weight": self.weight, "increase_gy": self.increase_gy,
                 "increase_percent_of_rx": 100 * self.increase_gy / reference_dose_gy}
+
+
+def check_increase_percent(percent: float) -> None:
+    """Refuse a degradation (the organ's mean-dose rise, % of the prescription) outside (0, 100]."""
+    if not 0 < percent <= 100:
+        raise NndoseError(f"degradation {percent} % of the prescription must lie in (0, 100]")
 
 
 def _dmean(dose: np.ndarray, mask: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nndose.datasets.degraded_plans import degrade
+from nndose.datasets.degraded_plans import check_increase_percent, degrade
 from nndose.datasets.phantom_anatomy import SITES, make_anatomy, phantom_kinds
 from nndose.datasets.phantom_dose_engine import STYLES, PlanningStyle, compute_dose
 from nndose.errors import NndoseError
@@ -143,8 +143,8 @@ def generate_phantom_dataset(dataset_dir: Path, num_cases: int = 40, seed: int =
         unknown = sorted(set(given) - set(known))
         if unknown or not given:
             raise NndoseError(f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
-    if degrade_percent is not None and not 0 < degrade_percent <= 100:
-        raise NndoseError(f"degradation {degrade_percent} % of the prescription must lie in (0, 100]")
+    if degrade_percent is not None:
+        check_increase_percent(degrade_percent)
     n_test = int(math.floor(num_cases * test_fraction))
     if degrade_percent is not None and n_test == 0:
         raise NndoseError("degraded plans are test cases: give a test fraction that leaves some (-n and --test_fraction)")

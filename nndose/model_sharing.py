@@ -26,7 +26,7 @@ import torch
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write, remove_stale_temporaries, replace_path, staging_area
 from nndose.io.checkpoints import load_checkpoint
-from nndose.io.layout import (ALL_FOLD, CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINTS, FOLDS, MODEL_FILES, MODEL_PLANS_FILE, check_fold,
+from nndose.io.layout import (ALL_FOLD, CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINTS, FOLDS, MODEL_FILES, MODEL_PLANS_FILE, check_folds,
                               VALIDATION_DIR, VALIDATION_DVH_FILE, fold_folder, list_folds, model_folder,
                               parse_model_folder_name)
 from nndose.io.raw_dataset import load_dataset_json
@@ -74,7 +74,7 @@ def export_model(results_dataset_dir: Path, trainer: str, plans_name: str, confi
     members: list[tuple[Path, str]] = []
     for stage in stages:
         stage_dir = model_folder(results_dataset_dir, trainer, plans_name, stage)
-        chosen = [check_fold(f) for f in folds] if folds and stage == config else list_folds(stage_dir, checkpoint)
+        chosen = check_folds(folds) if folds and stage == config else list_folds(stage_dir, checkpoint)
         if not chosen:
             raise NndoseError(f"{stage_dir}: no fold has {checkpoint}")
         prefix = f"{results_dataset_dir.name}/{stage_dir.name}"

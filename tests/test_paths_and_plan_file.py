@@ -58,3 +58,18 @@ def test_invalid_plans_name_the_problem(over, needle):
                                                         (0, 90, "CW", 90), (0, 90, "CCW", 270)])
 def test_arc_span(start, stop, direction, span):
     assert Arc(start, stop, direction).span_deg == pytest.approx(span)
+
+
+def test_a_prediction_ensembles_the_cross_validation_folds_by_default(tmp_path):
+    from nndose.io.layout import CHECKPOINT_FINAL, check_folds, ensemble_folds
+    for fold in ("all", "3", "0"):
+        (tmp_path / f"fold_{fold}").mkdir()
+    assert ensemble_folds(tmp_path) == []                       # no fold has its final checkpoint yet
+    (tmp_path / "fold_all" / CHECKPOINT_FINAL).touch()
+    assert ensemble_folds(tmp_path) == ["all"]                  # only 'all': that one
+    for fold in ("3", "0"):
+        (tmp_path / f"fold_{fold}" / CHECKPOINT_FINAL).touch()
+    assert ensemble_folds(tmp_path) == ["0", "3"]               # as nnU-Net: 'all' left out beside them
+    assert check_folds(["4", "all", 0]) == ["4", "all", "0"]
+    with pytest.raises(NndoseError, match="fold '0' given twice"):
+        check_folds(["0", "1", 0])

@@ -8,7 +8,7 @@ from nndose.devices import DEVICE_CHOICES, resolve_device
 from nndose.errors import NndoseError
 from nndose.inference.predict_cases import predict_folder
 from nndose.inference.predictor import DosePredictor
-from nndose.io.layout import check_fold, model_folder
+from nndose.io.layout import check_folds, model_folder
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 
 
@@ -30,7 +30,7 @@ def _main(argv) -> None:
         raise NndoseError(f"{args.dicom_ref}: DICOM folder not found")
     if not 0.0 < args.step_size <= 1.0:
         raise NndoseError(f"--step_size {args.step_size}: must be in (0, 1] (a fraction of the patch)")
-    folds = [check_fold(f) for f in args.f] if args.f else None
+    folds = check_folds(args.f) if args.f else None
     results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
     predictor = DosePredictor(model_folder(results, args.tr, args.p, args.c), args.c, folds=folds,
                               device=resolve_device(args.device), use_tta=not args.disable_tta, checkpoint=args.chk,

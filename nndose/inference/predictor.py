@@ -14,7 +14,8 @@ from nndose.errors import NndoseError
 from nndose.inference.mirroring import lateral_pairs, mirror_lr
 from nndose.inference.sliding_window import sliding_window
 from nndose.io.checkpoints import load_checkpoint
-from nndose.io.layout import CHECKPOINT_FINAL, MODEL_PLANS_FILE, check_fold, fold_folder, list_folds, previous_stage_folder
+from nndose.io.layout import (CHECKPOINT_FINAL, MODEL_PLANS_FILE, check_folds, ensemble_folds, fold_folder,
+                               previous_stage_folder)
 from nndose.io.raw_dataset import DatasetInfo, RawCase, load_dataset_json
 from nndose.io.volumes import Grid
 from nndose.networks import build_network
@@ -42,7 +43,7 @@ class DosePredictor:
         self.config = config
         self.conf: Configuration = self.plans.configuration(config)
         self.device, self.use_tta, self.step = device, use_tta, step
-        folds = [check_fold(f) for f in folds] if folds else list_folds(self.model_dir, checkpoint)
+        folds = check_folds(folds) if folds else ensemble_folds(self.model_dir, checkpoint)
         if not folds:
             raise NndoseError(f"{self.model_dir}: no fold has {checkpoint}")
         self.networks = []

@@ -105,6 +105,23 @@ def list_folds(model_dir: Path, checkpoint: str = CHECKPOINT_FINAL) -> list[str]
     return found
 
 
+def ensemble_folds(model_dir: Path, checkpoint: str = CHECKPOINT_FINAL) -> list[str]:
+    """The folds a prediction ensembles by default: the cross-validation folds that hold `checkpoint`,
+    or 'all' when none does (as in nnU-Net; 'all' trained on every case, the others have validation)."""
+    found = list_folds(model_dir, checkpoint)
+    numbered = [f for f in found if f != ALL_FOLD]
+    return numbered or found
+
+
+def check_folds(folds) -> list[str]:
+    """Each fold checked (check_fold), none given twice."""
+    checked = [check_fold(f) for f in folds]
+    twice = next((f for i, f in enumerate(checked) if f in checked[:i]), None)
+    if twice is not None:
+        raise NndoseError(f"fold {twice!r} given twice; name each fold once")
+    return checked
+
+
 def prediction_path(out_dir: Path, case: str) -> Path:
     return Path(out_dir) / f"{case}{NIFTI}"
 

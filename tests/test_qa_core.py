@@ -127,14 +127,14 @@ def test_volume_tolerance_is_in_percentage_points():
     assert (v20(2).excess, v20(2).flagged) == (5.0, True)    # 2 / 40 = 5 points > 3
 
 
-def _target_case(clinical_target_gy):
+def _target_case(clinical_target_gy, name="c"):
     """A 20-voxel target, ensemble 60 Gy, folds 59 / 60 / 61 Gy."""
     masks = {"PTV": np.zeros((1, 4, 10), bool)}
     masks["PTV"][0, 1:3] = True
     mean = np.where(masks["PTV"], 60.0, 5.0)
     clinical = mean.copy()
     clinical[masks["PTV"]] = clinical_target_gy
-    qa = compare_case("c", clinical, [mean - 1, mean, mean + 1], masks, {"PTV": "target"}, {"PTV": 60.0}, VOXEL_MM3)
+    qa = compare_case(name, clinical, [mean - 1, mean, mean + 1], masks, {"PTV": "target"}, {"PTV": 60.0}, VOXEL_MM3)
     return qa
 
 
@@ -176,6 +176,13 @@ def test_cohort_ranks_by_sparing_left():
     ranked = rank_cases(_cohort())
     assert [(c.case, c.sparing_left_gy) for c in ranked] == [("case_b", pytest.approx(3.2)), ("case_c", pytest.approx(0.7)),
                                                                   ("case_a", 0.0)]
+
+
+def test_cohort_ranks_a_flagged_plan_above_unflagged_ones_at_equal_sparing_left():
+    # no organ excess anywhere (sparing left 0 each): the plan with a cold target comes first, then by name
+    cold = _target_case([50.0] * 4 + [60.0] * 16, name="z_cold_target")
+    plain = [_hand_case(n, 0.0)[0] for n in ("b_plain", "a_plain")]
+    assert [c.case for c in rank_cases([*plain, cold])] == ["z_cold_target", "a_plain", "b_plain"]
 
 
 def test_qa_csv_and_json(tmp_path):
@@ -224,6 +231,8 @@ def test_case_report_is_self_contained_with_the_flags_first(tmp_path):
     assert flags < html.index('<table class="metrics">') < first_image
     table = html[flags:html.index("</table>", flags)]
     assert table.count('<tr class="flagged">') == 1 and '<tr class="flagged"><td>Rectum</td>' in table
+    # the flagged rectum above the target listed before it
+    assert table.index("<td>Rectum</td>") < table.index("<td>PTV</td>") < table.index("<td>Bladder</td>")
     assert "1 organ at risk flagged</b> (Rectum)" in html
     images = html.split('src="data:image/png;base64,')[1:]
     assert len(images) == 2  # the DVH overlay and the rectum's slices
@@ -245,6 +254,7 @@ def test_cohort_page_lists_cases_in_ranking_order(tmp_path):
     assert b < c < a
     assert '<td class="num">1</td><td><a href="case_b/report.html">case_b</a></td>' in html
     assert '<td class="num">3.20</td>' in html  # case_b's sparing left
+    assert "A value is flagged when it is worse than the ensemble prediction" in html   # the rule stated
     for external in ("http://", "https://", 'src="/'):
         assert external not in html
 

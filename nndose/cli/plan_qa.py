@@ -1,5 +1,5 @@
 """nndose_plan_qa -i CASES -d ID -c CONFIG -o REPORT [--dicom DICOM_FOLDER --structure_map map.json] [--tolerance_gy 2]
-[--tolerance_percent 3] [--false_alarm_percent 5 | --no_calibration]"""
+[--tolerance_percent 3] [[--false_alarm_percent 5] [--calibration_cases PLANS] | --no_calibration]"""
 from __future__ import annotations
 
 import sys
@@ -10,11 +10,11 @@ from nndose.cli.common import OneLineParser, add_model_options, run_cli
 from nndose.devices import DEVICE_CHOICES, resolve_device
 from nndose.errors import NndoseError
 from nndose.inference.predictor import DosePredictor
-from nndose.io.layout import CT_FILE, PLAN_FILE, QA_INDEX, TRAIN_DIR, check_fold, model_folder
+from nndose.io.layout import CT_FILE, PLAN_FILE, QA_INDEX, TRAIN_DIR, check_folds, model_folder
 from nndose.io.raw_dataset import list_cases
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM
-from nndose.qa.compare import Tolerance
+from nndose.qa.compare import Tolerance, rank_cases
 from nndose.qa.run import plan_qa
 
 
@@ -71,15 +71,16 @@ def _main(argv) -> None:
     source.add_argument("--dicom", type=Path, help="folder of DICOM RT exports (CT, RTSTRUCT, RTPLAN, RTDOSE), converted on the fly")
     ap.add_argument("--structure_map", type=Path, help="with --dicom: ROI names -> the model's structure vocabulary")
     ap.add_argument("-o", required=True, type=Path, help="report folder (index.html, qa.json, qa.csv, cases/)")
-    add_model_options(ap, folds_help="folds to ensemble (default: every trained fold; their spread is the interval)")
+    add_model_options(ap, folds_help="folds to ensemble, each once (default: the trained folds 0-4, or 'all' when the model has only that; "
+                                           "their spread is the interval)")
     ap.add_argument("--tolerance_gy", type=float, default=Tolerance().gy,
                     help="a dose difference counts above this many Gy or --tolerance_percent of the prescription, "
                          "whichever is smaller (default 2)")
     ap.add_argument("--tolerance_percent", type=float, default=Tolerance().percent,
                     help="in %% of the prescription for doses, in percentage points of the organ for V-x (default 3)")
-    ap.add_argument("--false_alarm_percent", type=float, default=100 * DEFAULT_FALSE_ALARM,
-                    help="margins learnt on the folds' validation cases so that at most this %% of the structures of "
-                         "plans made like the training plans are flagged (default 5)")
+    ap.add_argument("--false_alarm_percent", type=float,
+                    help="margins learnt on the folds' validation cases (or the --calibration_cases) so that at most "
+                         "this %% of the structures of plans made like the training plans are flagged (default 5)")
     ap.add_argument("--calibration_cases", type=Path,
                     help="folder of plans (case folders with their dose) the model never trained on, to learn the margins "
                          "from instead of the folds' validation cases (e.g. for the 'all' fold)")
@@ -91,13 +92,19 @@ def _main(argv) -> None:
     if args.structure_map and not args.dicom:
         raise NndoseError("--structure_map goes with --dicom")
     tolerance = Tolerance(args.tolerance_gy, args.tolerance_percent)
-    if not 0 < args.false_alarm_percent < 100:
-        raise NndoseError(f"--false_alarm_percent {args.false_alarm_percent} must lie between 0 and 100")
-    false_alarm = None if args.no_calibration else args.false_alarm_percent / 100
-    if args.calibration_cases and args.no_calibration:
-        raise NndoseError("--calibration_cases and --no_calibration exclude each other")
+    for option, given in (("--calibration_cases", args.calibration_cases), ("--false_alarm_percent", args.false_alarm_percent)):
+        if given is not None and args.no_calibration:
+            raise NndoseError(f"{option} and --no_calibration exclude each other")
+    percent = 100 * DEFAULT_FALSE_ALARM if args.false_alarm_percent is None else args.false_alarm_percent
+    if not 0 < percent < 100:
+        raise NndoseError(f"--false_alarm_percent {percent} must lie between 0 and 100")
+    false_alarm = None if args.no_calibration else percent / 100
+    for option, folder in (("-i", args.i), ("--calibration_cases", args.calibration_cases)):
+        if folder is not None and args.o.resolve().is_relative_to(folder.resolve()):
+            raise NndoseError(f"-o {args.o} lies inside the {option} folder, where it would be read as a case; "
+                              "write the report elsewhere")
     calibration_dirs = _case_folders(args.calibration_cases, "--calibration_cases") if args.calibration_cases else []
-    folds = [check_fold(f) for f in args.f] if args.f else None
+    folds = check_folds(args.f) if args.f else None
     results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")
     predictor = DosePredictor(model_folder(results, args.tr, args.p, args.c), args.c, folds=folds,
                               device=resolve_device(args.device), use_tta=not args.disable_tta, checkpoint=args.chk)
@@ -108,7 +115,7 @@ def _main(argv) -> None:
             cases = _case_folders(args.i, "-i")
         qas = plan_qa(cases, args.o, predictor, tolerance, false_alarm=false_alarm, calibration_dirs=calibration_dirs)
     flagged = [q for q in qas if q.flagged_organs or q.flagged_targets]
-    for q in sorted(flagged, key=lambda q: -q.sparing_left_gy):
+    for q in rank_cases(flagged):
         parts = [f"organs {', '.join(q.flagged_organs)}"] if q.flagged_organs else []
         parts += [f"targets {', '.join(q.flagged_targets)}"] if q.flagged_targets else []
         print(f"{q.case}: flagged {'; '.join(parts)} (sparing left {q.sparing_left_gy:.1f} Gy)")

@@ -262,5 +262,6 @@ def with_tolerance(case_qa: CaseQA, tolerance: Tolerance, calibration=KEEP) -> C
 
 
 def rank_cases(case_qas: list[CaseQA]) -> list[CaseQA]:
-    """Cases by sparing left (organ Dmean beyond what the flag rule lets pass, summed), largest first."""
-    return sorted(case_qas, key=lambda c: (-c.sparing_left_gy, c.case))
+    """Cases by sparing left (organ Dmean beyond what the flag rule lets pass, summed), largest first; then
+    by the number of flagged organs, then of flagged targets, most first; then by name."""
+    return sorted(case_qas, key=lambda c: (-c.sparing_left_gy, -c.n_flagged_organs, -len(c.flagged_targets), c.case))

@@ -50,9 +50,10 @@ def _table(header: list[str], rows: list[str], css_class: str) -> str:
 
 
 def _flag_table(case_qa: CaseQA) -> str:
+    """Every structure with its verdict, the flagged ones first."""
     rows = [_row([escape(s.name), escape(s.kind), "yes" if s.flagged else "no",
                   escape(s.reason)], s.flagged)
-            for s in case_qa.structures]
+            for s in sorted(case_qa.structures, key=lambda s: not s.flagged)]
     return _table(["structure", "kind", "flagged", "reason"], rows, "flags")
 
 
@@ -139,9 +140,11 @@ def cohort_report_html(case_qas: list[CaseQA], case_links: dict[str, str]) -> st
                          bool(c.flagged_organs or c.flagged_targets), numeric=(0, 2, 3, 4)))
     body = (f"<h1>Plan QA: {len(case_qas)} plan{'' if len(case_qas) == 1 else 's'}</h1>\n"
             "<p>Ranked by sparing left: the organs' mean dose beyond what the flag rule lets pass (the folds' "
-            "interval, the tolerance and the model's error margin), summed (Gy).</p>\n"
-            + _table(["rank", "case", "reference dose (Gy)", "sparing left (Gy)", "flagged organs",
-                      "organs", "targets flagged"], rows, "ranking"))
+            "interval, the tolerance and the model's error margin), summed (Gy); then by the number of flagged "
+            "organs and targets.</p>\n"
+            + (_rule_paragraph(case_qas[0]) + "\n" if case_qas else "")
+            + _table(["rank", "case", "reference dose (Gy)", "sparing left (Gy)", "number of organs flagged",
+                      "organs flagged", "targets flagged"], rows, "ranking"))
     return _page("Plan QA: cohort", body)
 
 

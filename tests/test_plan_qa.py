@@ -169,6 +169,7 @@ def test_margins_learnt_on_calibration_plans_given_apart(trained, capsys, tmp_pa
                for m in s["metrics"])
     code, _, err = run_command(qa_main, [*base, "-o", str(tmp_path / "too_few"), "--false_alarm_percent", "1"], capsys)
     assert code != 0 and "5 calibration plans are too few to calibrate 1 % false alarms" in err and not (tmp_path / "too_few").exists()
+    assert "a kind needs at least 100" in err and err.count("\n") == 1   # refused before any plan is predicted
     shutil.copytree(raw / "casesTr", tmp_path / "calibration")
     (tmp_path / "calibration/phantom_000/dose.nii.gz").unlink()
     code, _, err = run_command(qa_main, [*base[:-1], str(tmp_path / "calibration"), "-o", str(tmp_path / "bad")], capsys)

@@ -8,7 +8,7 @@ import pytest
 
 from nndose.errors import NndoseError
 from nndose.io.layout import VALIDATION_DIR, VALIDATION_DVH_FILE, fold_folder
-from nndose.qa.calibration import calibrate, conformal_quantile, validation_cases
+from nndose.qa.calibration import calibrate, conformal_quantile, fewest_structures, validation_cases
 from nndose.qa.compare import METRICS, compare_metric
 
 OAR = {m.name: m for m in METRICS["oar"]}
@@ -80,6 +80,16 @@ def test_too_few_cases_leave_the_flags_uncalibrated():
     assert calibrate([_case({"Rectum": ("oar", {"Dmean": 1.0})})] * 5, 0.05) is None   # ceil(6 * 0.95) = 6 > 5
     with pytest.raises(Exception, match="between 0 and 1"):
         calibrate([], 1.5)
+
+
+def test_the_fewest_structures_a_false_alarm_rate_can_be_calibrated_with():
+    # left out, n - 1 values give a margin when ceil(n (1 - a)) <= n - 1, i.e. n >= 1 / a for these a
+    assert [fewest_structures(a) for a in (0.01, 0.05, 0.1, 0.3)] == [100, 20, 10, 4]
+    rng = np.random.default_rng(0)
+    for a in (0.05, 0.1):
+        n = fewest_structures(a)
+        cases = [_case({f"Organ{i}": ("oar", {m: float(rng.normal()) for m in OAR})}) for i in range(n - 1)]
+        assert calibrate(cases, a) is None   # one fewer: never calibrated, whatever the values
 
 
 def test_the_margin_decides_between_tolerance_and_flag():

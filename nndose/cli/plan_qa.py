@@ -14,7 +14,7 @@ from nndose.io.layout import CT_FILE, PLAN_FILE, QA_INDEX, TRAIN_DIR, check_fold
 from nndose.io.raw_dataset import list_cases
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM
-from nndose.qa.compare import Tolerance, rank_cases
+from nndose.qa.compare import KIND_NAMES, Tolerance, rank_cases
 from nndose.qa.run import plan_qa
 
 
@@ -48,9 +48,8 @@ def calibration_line(calibration: dict | None, disabled: bool) -> str:
     if calibration:
         source = ("held-out calibration plans" if calibration.get("source") == "calibration cases"
                   else "validation cases of the folds")
-        names = {"oar": "organs at risk", "target": "targets"}
-        missing = [names[k] for k in ("oar", "target") if k not in calibration["kinds"]]
-        return (f"margins of {' and '.join(names.get(k, k) for k in calibration['kinds'])} learnt on "
+        missing = [KIND_NAMES[k] for k in ("oar", "target") if k not in calibration["kinds"]]
+        return (f"margins of {' and '.join(KIND_NAMES.get(k, k) for k in calibration['kinds'])} learnt on "
                 f"{calibration['cases']} {source} for at most {100 * calibration['false_alarm']:g} % false alarms"
                 + (f"; {' and '.join(missing)}: too few to calibrate, flags from the tolerance and interval alone"
                    if missing else ""))

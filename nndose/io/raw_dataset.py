@@ -196,6 +196,11 @@ def check_case_files(case_dir: Path, info: DatasetInfo, require_dose: bool) -> l
     return problems
 
 
+def structure_names(case_dir: Path, info: DatasetInfo) -> list[str]:
+    """The known structures a case folder has a mask file for (names only, no voxels read)."""
+    return list(_plan_and_structure_files(Path(case_dir), info)[1])
+
+
 def read_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> tuple[RawCase | None, list[str]]:
     """Load a case and check it; returns (case or None, problems). Each problem names case and file."""
     case_dir = Path(case_dir)

@@ -85,6 +85,15 @@ def _beyond_when_left_out(values, level_out: float) -> np.ndarray:
     return values > others_quantile
 
 
+def fewest_structures(false_alarm: float) -> int:
+    """The fewest structures of a kind that can be calibrated for `false_alarm` (at its highest level,
+    each left out in turn); fewer of every kind and calibrate returns None whatever their values."""
+    n = 2
+    while not _enough_when_left_out(n, false_alarm):
+        n += 1
+    return n
+
+
 def _margins(rows: list[dict[str, float]], level_out: float) -> dict[str, float]:
     return {m: conformal_quantile([r[m] for r in rows], level_out) for m in rows[0]}
 

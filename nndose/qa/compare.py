@@ -48,6 +48,7 @@ OAR_METRICS = (MetricSpec("Dmean", "Gy", True), MetricSpec("D0.1cc", "Gy", True)
                *(MetricSpec(f"V{v}Gy", "%", True) for v in (5, 20, 30, 40)))
 TARGET_METRICS = (MetricSpec("D95", "Gy", False), MetricSpec("D98", "Gy", False), MetricSpec("D2", "Gy", True))
 METRICS = {"target": TARGET_METRICS, "oar": OAR_METRICS}
+KIND_NAMES = {"oar": "organs at risk", "target": "targets"}   # the kinds QA checks, in words
 METRIC_NAMES = tuple(dict.fromkeys(m.name for m in OAR_METRICS + TARGET_METRICS))  # every metric, once
 
 

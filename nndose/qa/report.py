@@ -14,7 +14,7 @@ import numpy as np
 
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write_text
-from nndose.qa.compare import CaseQA, ensemble_mean, rank_cases
+from nndose.qa.compare import KIND_NAMES, CaseQA, ensemble_mean, rank_cases
 from nndose.qa.figures import dvh_png, slice_png
 
 FLAG_COLOR = "#ffc8c8"  # background of a flagged row
@@ -66,9 +66,6 @@ def _metrics_table(case_qa: CaseQA) -> str:
             for s in case_qa.structures for m in s.metrics]
     return _table(["structure", "kind", "metric", "unit", "clinical", "predicted", "fold interval",
                    "excess (+ worse)", "tolerance", "model's error margin", "worse when", "flagged"], rows, "metrics")
-
-
-KIND_NAMES = {"oar": "organs at risk", "target": "targets"}
 
 
 def _rule_paragraph(case_qa: CaseQA) -> str:

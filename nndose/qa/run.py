@@ -21,9 +21,9 @@ from nndose.inference.predict_cases import check_dose
 from nndose.inference.predictor import DosePredictor
 from nndose.io.atomic import remove_stale_temporaries, replace_path, staging_area
 from nndose.io.layout import QA_CASE_REPORT, QA_CASES_DIR, QA_INDEX, QA_TABLE_JSON, check_case_name
-from nndose.io.raw_dataset import RawCase, check_case_files, load_case
-from nndose.qa.calibration import DEFAULT_FALSE_ALARM, Calibration, calibrate, validation_cases
-from nndose.qa.compare import CaseQA, Tolerance, compare_case, ensemble_mean
+from nndose.io.raw_dataset import RawCase, check_case_files, load_case, structure_names
+from nndose.qa.calibration import DEFAULT_FALSE_ALARM, Calibration, calibrate, fewest_structures, validation_cases
+from nndose.qa.compare import KIND_NAMES, CaseQA, Tolerance, compare_case, ensemble_mean
 from nndose.qa.report import write_case_report, write_cohort_report
 from nndose.qa.tables import write_case_outputs, write_cohort_outputs
 
@@ -94,6 +94,12 @@ def check_qa_inputs(case_dirs: list[Path], out_dir: Path | None, predictor: Dose
     return names
 
 
+def _structures_by_kind(case_dirs: list[Path], predictor: DosePredictor) -> dict[str, int]:
+    """How many organs at risk and targets the case folders hold (mask files, no voxels read)."""
+    kinds = [predictor.info.structures[n] for c in case_dirs for n in structure_names(c, predictor.info)]
+    return {KIND_NAMES[k]: kinds.count(k) for k in KIND_NAMES if k in kinds}
+
+
 def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tolerance: Tolerance = Tolerance(),
             progress: bool = True, false_alarm: float | None = DEFAULT_FALSE_ALARM,
             calibration_dirs: list[Path] = ()) -> list[CaseQA]:
@@ -110,10 +116,14 @@ def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tole
         if both:
             raise NndoseError(f"{both[0]} is both a plan to check and a calibration plan; calibrate on other plans")
         check_qa_inputs(calibration_dirs, None, predictor, what="calibration plan ")
+        too_few = f"{len(calibration_dirs)} calibration plans are too few to calibrate {100 * false_alarm:g} % false alarms"
+        counts = _structures_by_kind(calibration_dirs, predictor)
+        if max(counts.values(), default=0) < fewest_structures(false_alarm):   # known before predicting them
+            held = " and ".join(f"{n} {k}" for k, n in counts.items()) or "no structure to check"
+            raise NndoseError(f"{too_few}: they hold {held}, and a kind needs at least {fewest_structures(false_alarm)}")
         calibration = calibration_from_cases(predictor, calibration_dirs, false_alarm, progress)
         if calibration is None:
-            raise NndoseError(f"{len(calibration_dirs)} calibration plans are too few to calibrate "
-                              f"{100 * false_alarm:g} % false alarms")
+            raise NndoseError(too_few)
     else:
         calibration = model_calibration(predictor, false_alarm)
     remove_stale_temporaries(out_dir.parent, out_dir.name)

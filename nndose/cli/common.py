@@ -40,7 +40,10 @@ def run_cli(prog: str, body: Callable[[Sequence[str] | None], None], argv: Seque
         sys.exit(130)
 
 
-def add_model_options(ap: argparse.ArgumentParser, folds_help: str = "folds to ensemble, each once (default: the trained folds 0-4, or 'all' when the model has only that)",
+FOLDS_HELP = "folds to ensemble, each once (default: the trained folds 0-4, or 'all' when the model has only that)"
+
+
+def add_model_options(ap: argparse.ArgumentParser, folds_help: str = FOLDS_HELP,
                       checkpoint_help: str = "checkpoint file name") -> None:
     """-d, -c, -f, -tr, -p, -chk: which trained model a command uses (one owner of their names and defaults)."""
     from nndose.io.layout import CHECKPOINT_FINAL

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nndose.cli.common import OneLineParser, add_model_options, run_cli
+from nndose.cli.common import FOLDS_HELP, OneLineParser, add_model_options, run_cli
 from nndose.devices import DEVICE_CHOICES, resolve_device
 from nndose.errors import NndoseError
 from nndose.inference.predictor import DosePredictor
@@ -70,8 +70,7 @@ def _main(argv) -> None:
     source.add_argument("--dicom", type=Path, help="folder of DICOM RT exports (CT, RTSTRUCT, RTPLAN, RTDOSE), converted on the fly")
     ap.add_argument("--structure_map", type=Path, help="with --dicom: ROI names -> the model's structure vocabulary")
     ap.add_argument("-o", required=True, type=Path, help="report folder (index.html, qa.json, qa.csv, cases/)")
-    add_model_options(ap, folds_help="folds to ensemble, each once (default: the trained folds 0-4, or 'all' when the model has only that; "
-                                           "their spread is the interval)")
+    add_model_options(ap, folds_help=FOLDS_HELP[:-1] + "; their spread is the interval)")
     ap.add_argument("--tolerance_gy", type=float, default=Tolerance().gy,
                     help="a dose difference counts above this many Gy or --tolerance_percent of the prescription, "
                          "whichever is smaller (default 2)")

@@ -113,12 +113,14 @@ def test_plan_qa_refuses_bad_input_in_one_line(trained, capsys, tmp_path):
                          ([*base, "-i", str(raw / "casesTs"), "-o", str(tmp_path / "r"), "--no_calibration",
                            "--false_alarm_percent", "5"], "--false_alarm_percent and --no_calibration exclude each other"),
                          ([*base, "-i", str(raw / "casesTs"), "-o", str(raw / "casesTs/report")],
-                          "lies inside the -i folder")):
+                          "a folder of input cases, where it would be read as a case"),
+                         ([*base, "-i", str(raw / "casesTs"), "--calibration_cases", str(raw / "casesTr"),
+                           "-o", str(raw / "casesTr/report")], "casesTr, a folder of input cases")):
         code, _, err = run_command(qa_main, argv, capsys)
         lines = [line for line in err.splitlines() if "error:" in line]
         assert code == 2 and len(lines) == 1 and needle in lines[0], (argv, err)
     assert not (tmp_path / "r").exists() and (occupied / "notes.txt").read_text() == "keep"
-    assert not (raw / "casesTs/report").exists()
+    assert not (raw / "casesTs/report").exists() and not (raw / "casesTr/report").exists()
 
 
 def test_an_excess_the_model_is_known_to_make_is_not_flagged(trained, capsys, tmp_path, monkeypatch):

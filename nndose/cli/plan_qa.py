@@ -13,8 +13,8 @@ from nndose.inference.predictor import DosePredictor
 from nndose.io.layout import CT_FILE, PLAN_FILE, QA_INDEX, TRAIN_DIR, check_folds, model_folder
 from nndose.io.raw_dataset import list_cases
 from nndose.paths import parse_dataset_id, require_dataset, results_root
-from nndose.qa.calibration import DEFAULT_FALSE_ALARM
-from nndose.qa.compare import KIND_NAMES, Tolerance, rank_cases
+from nndose.qa.calibration import DEFAULT_FALSE_ALARM, basis_in_words
+from nndose.qa.compare import Tolerance, rank_cases
 from nndose.qa.run import plan_qa
 
 
@@ -46,13 +46,10 @@ def _case_folders(folder: Path, option: str) -> list[Path]:
 def calibration_line(calibration: dict | None, disabled: bool) -> str:
     """What the flags rest on, in one line."""
     if calibration:
-        source = ("held-out calibration plans" if calibration.get("source") == "calibration cases"
-                  else "validation cases of the folds")
-        missing = [KIND_NAMES[k] for k in ("oar", "target") if k not in calibration["kinds"]]
-        return (f"margins of {' and '.join(KIND_NAMES.get(k, k) for k in calibration['kinds'])} learnt on "
-                f"{calibration['cases']} {source} for at most {100 * calibration['false_alarm']:g} % false alarms"
-                + (f"; {' and '.join(missing)}: too few to calibrate, flags from the tolerance and interval alone"
-                   if missing else ""))
+        kinds, source, missing = basis_in_words(calibration)
+        return (f"margins of {kinds} learnt on {calibration['cases']} {source} for at most "
+                f"{100 * calibration['false_alarm']:g} % false alarms"
+                + (f"; {missing}: too few to calibrate, flags from the tolerance and interval alone" if missing else ""))
     if disabled:
         return "flags from the tolerance and the folds' interval alone (--no_calibration)"
     return ("flags from the tolerance and the folds' interval alone: the folds have no validation to calibrate on "
@@ -97,10 +94,6 @@ def _main(argv) -> None:
     if not 0 < percent < 100:
         raise NndoseError(f"--false_alarm_percent {percent} must lie between 0 and 100")
     false_alarm = None if args.no_calibration else percent / 100
-    for option, folder in (("-i", args.i), ("--calibration_cases", args.calibration_cases)):
-        if folder is not None and args.o.resolve().is_relative_to(folder.resolve()):
-            raise NndoseError(f"-o {args.o} lies inside the {option} folder, where it would be read as a case; "
-                              "write the report elsewhere")
     calibration_dirs = _case_folders(args.calibration_cases, "--calibration_cases") if args.calibration_cases else []
     folds = check_folds(args.f) if args.f else None
     results = require_dataset(results_root(), parse_dataset_id(args.d), "trained")

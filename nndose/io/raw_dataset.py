@@ -166,6 +166,14 @@ def _plan_and_structure_files(case_dir: Path, info: DatasetInfo) -> tuple[Treatm
         problems += [f"{c}/{PLAN_FILE}: {p}" for p in e.problems]
     except FileProblem as e:
         problems.append(f"{c}/{PLAN_FILE}: {e.reason}")
+    found, structure_problems = _structure_files(case_dir, info)
+    return plan, found, problems + structure_problems
+
+
+def _structure_files(case_dir: Path, info: DatasetInfo) -> tuple[dict[str, Path], list[str]]:
+    """The case's known structure files by name, and the problems of the others (none read)."""
+    c = case_dir.name
+    problems: list[str] = []
     ending = info.file_ending
     sdir = case_dir / STRUCTURES_DIR
     files = sorted(f for f in sdir.glob("*") if not f.name.startswith(".")) if sdir.is_dir() else []
@@ -180,7 +188,7 @@ def _plan_and_structure_files(case_dir: Path, info: DatasetInfo) -> tuple[Treatm
             problems.append(f"{c}/{rel}: unknown structure {f.name[: -len(ending)]!r} (not in dataset.json's structures)")
         else:
             found[f.name[: -len(ending)]] = f
-    return plan, found, problems
+    return found, problems
 
 
 def check_case_files(case_dir: Path, info: DatasetInfo, require_dose: bool) -> list[str]:
@@ -198,7 +206,7 @@ def check_case_files(case_dir: Path, info: DatasetInfo, require_dose: bool) -> l
 
 def structure_names(case_dir: Path, info: DatasetInfo) -> list[str]:
     """The known structures a case folder has a mask file for (names only, no voxels read)."""
-    return list(_plan_and_structure_files(Path(case_dir), info)[1])
+    return list(_structure_files(Path(case_dir), info)[0])
 
 
 def read_case(case_dir: Path, info: DatasetInfo, require_dose: bool) -> tuple[RawCase | None, list[str]]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from nndose.errors import NndoseError
 from nndose.io.layout import VALIDATION_DIR, VALIDATION_DVH_FILE, fold_folder
-from nndose.qa.compare import METRICS, worse_by
+from nndose.qa.compare import KIND_NAMES, METRICS, worse_by
 
 DEFAULT_FALSE_ALARM = 0.05
 LEVELS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)   # the per-metric level a, as fractions of false_alarm
@@ -57,6 +57,14 @@ class Calibration:
 
     def to_json(self) -> dict:
         return {**self.summary(), "levels": self.levels, "margins": self.margins, "pooled_margins": self.pooled}
+
+
+def basis_in_words(summary: dict) -> tuple[str, str, str]:
+    """(the kinds calibrated, where their margins were learnt, the kinds left uncalibrated), in words,
+    from a Calibration.summary(); '' where no kind was left uncalibrated."""
+    source = "held-out calibration plans" if summary.get("source") == "calibration cases" else "validation cases of the folds"
+    return (" and ".join(KIND_NAMES.get(k, k) for k in summary["kinds"]), source,
+            " and ".join(name for k, name in KIND_NAMES.items() if k not in summary["kinds"]))
 
 
 def _rank(n: int, level_out: float) -> int:

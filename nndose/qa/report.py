@@ -14,7 +14,8 @@ import numpy as np
 
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write_text
-from nndose.qa.compare import KIND_NAMES, CaseQA, ensemble_mean, rank_cases
+from nndose.qa.calibration import basis_in_words
+from nndose.qa.compare import CaseQA, ensemble_mean, rank_cases
 from nndose.qa.figures import dvh_png, slice_png
 
 FLAG_COLOR = "#ffc8c8"  # background of a flagged row
@@ -75,14 +76,11 @@ def _rule_paragraph(case_qa: CaseQA) -> str:
             f"({tol.gy:g} Gy or {tol.percent:g} % of the reference dose, whichever is smaller; "
             f"{tol.percent:g} percentage points for V-x), lies outside the folds' interval")
     if cal:
-        source = ("held-out calibration plans" if cal.get("source") == "calibration cases"
-                  else "validation cases of the folds")
-        kinds = " and ".join(KIND_NAMES.get(k, k) for k in cal["kinds"])
+        kinds, source, missing = basis_in_words(cal)
         text += (f", and, for {kinds}, is worse by more than the model's own error allows (margins learnt on "
                  f"{cal['cases']} {source}, set for at most {100 * cal['false_alarm']:g} % of the structures of plans "
                  f"made like the training plans flagged)")
-        missing = [KIND_NAMES.get(k, k) for k in ("target", "oar") if k not in cal["kinds"]]
-        text += (f"; {' and '.join(missing)} had too few calibration structures for margins." if missing else ".")
+        text += f"; {missing} had too few calibration structures for margins." if missing else "."
     else:
         text += (". No margins from the model's own error (no validated folds or calibration plans, or "
                  "--no_calibration): expect flags where the model predicts poorly.")

@@ -70,18 +70,23 @@ def qa_case(predictor: DosePredictor, case: RawCase, tolerance: Tolerance,
                         case.grid.voxel_volume_mm3, tolerance, calibration), folds
 
 
-def _check_report_folder(out_dir: Path) -> None:
+def _check_report_folder(out_dir: Path, inputs: list[Path]) -> None:
+    """The report folder: a folder (or nothing yet), a report if not empty, and outside the folders
+    the `inputs` (case folders) lie in, where a later run would read it as a case."""
+    holders = sorted({Path(c).resolve().parent for c in inputs})
+    inside = next((h for h in holders if out_dir.resolve().is_relative_to(h)), None)
+    if inside is not None:
+        raise NndoseError(f"{out_dir} lies inside {inside}, a folder of input cases, where it would be read as a case; "
+                          "write the report elsewhere")
     if out_dir.exists() and not out_dir.is_dir():
         raise NndoseError(f"{out_dir}: exists and is not a folder (-o names the report folder)")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / QA_TABLE_JSON).is_file():
         raise NndoseError(f"{out_dir} exists and is not a plan QA report; choose another -o")
 
 
-def check_qa_inputs(case_dirs: list[Path], out_dir: Path | None, predictor: DosePredictor, what: str = "") -> list[str]:
-    """The quick checks, before any prediction: the report folder, unique case names, every case's files;
-    returns the names. `what` names the cases in messages (e.g. "calibration plan ")."""
-    if out_dir is not None:   # None: cases read, not reported on (calibration plans)
-        _check_report_folder(Path(out_dir))
+def check_qa_inputs(case_dirs: list[Path], predictor: DosePredictor, what: str = "") -> list[str]:
+    """The quick checks, before any prediction: unique case names, every case's files; returns the names.
+    `what` names the cases in messages (e.g. "calibration plan ")."""
     names = [check_case_name(Path(c).name) for c in case_dirs]
     if not names:
         raise NndoseError(f"no {what or 'case '}to check")
@@ -108,19 +113,20 @@ def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tole
     given, else on the folds' validation cases (false_alarm None: tolerance and interval only). Every
     input is checked before the first prediction."""
     out_dir = Path(out_dir)
-    names = check_qa_inputs(case_dirs, out_dir, predictor)
+    _check_report_folder(out_dir, [*case_dirs, *calibration_dirs])
+    names = check_qa_inputs(case_dirs, predictor)
     if calibration_dirs:
         if false_alarm is None:
             raise NndoseError("calibration plans given with calibration turned off")
         both = sorted({Path(c).name for c in calibration_dirs} & set(names))
         if both:
             raise NndoseError(f"{both[0]} is both a plan to check and a calibration plan; calibrate on other plans")
-        check_qa_inputs(calibration_dirs, None, predictor, what="calibration plan ")
+        check_qa_inputs(calibration_dirs, predictor, what="calibration plan ")
         too_few = f"{len(calibration_dirs)} calibration plans are too few to calibrate {100 * false_alarm:g} % false alarms"
-        counts = _structures_by_kind(calibration_dirs, predictor)
-        if max(counts.values(), default=0) < fewest_structures(false_alarm):   # known before predicting them
+        counts, fewest = _structures_by_kind(calibration_dirs, predictor), fewest_structures(false_alarm)
+        if max(counts.values(), default=0) < fewest:   # known before predicting them
             held = " and ".join(f"{n} {k}" for k, n in counts.items()) or "no structure to check"
-            raise NndoseError(f"{too_few}: they hold {held}, and a kind needs at least {fewest_structures(false_alarm)}")
+            raise NndoseError(f"{too_few}: they hold {held}, and a kind needs at least {fewest}")
         calibration = calibration_from_cases(predictor, calibration_dirs, false_alarm, progress)
         if calibration is None:
             raise NndoseError(too_few)

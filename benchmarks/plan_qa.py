@@ -8,7 +8,7 @@ rises by --degradation_percent of the prescription; the candidate organs are the
 or the parotids; a phantom whose organs cannot be made that much worse, e.g. one lying in the
 target, is left out and counted). Plan QA runs on both sets. Reported for each flag rule (the
 tolerance and the folds' interval alone; margins calibrated on the folds' validation cases for 2, 5
-and 10 % false alarms): sensitivity (degraded organ flagged, also per organ), false alarms (organs of
+and 10 % false alarms; organs flagged on Dmean, the default, and on every metric): sensitivity (degraded organ flagged, also per organ), false alarms (organs of
 the standard plans flagged, and standard plans with any flag), and the degraded plans' other organs
 flagged; with a sweep of tolerances. --reuse flags again from the work folder's trained folds.
 
@@ -42,7 +42,7 @@ from nndose.io.raw_dataset import list_cases, write_case
 from nndose.parallel import map_with_progress
 from nndose.paths import preprocessed_root, raw_root, require_dataset
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM, calibrate, validation_cases
-from nndose.qa.compare import Tolerance, with_tolerance
+from nndose.qa.compare import OAR_METRICS, Tolerance, with_tolerance
 from nndose.qa.run import plan_qa
 from nndose.training.trainer_variants import trainer_class
 
@@ -102,7 +102,7 @@ def technique(plan) -> str:
 
 def _separation(worse: list[float], every: list[float]) -> dict:
     """AUC of degraded organs' Dmean excess against standard organs', and the sensitivity of a threshold
-    set on those standard organs for 5 % false alarms (an oracle)."""
+    set on those standard organs for 5 % false alarms (an oracle); in Gy, or the unit the excesses come in."""
     worse, every = np.asarray(worse), np.asarray(every)
     oracle = float(np.quantile(every, 0.95))
     return {"auc_dmean": float(np.mean(worse[:, None] > every[None, :])),
@@ -115,13 +115,17 @@ def separability(standard: list, degraded: list, truth: dict, techniques: dict[s
     """How far the model's accuracy lets any rule go: the degraded organ's Dmean excess over the
     prediction in its degraded and its standard plan, every organ's in the standard plans, the
     probability that a degraded organ's excess beats a standard organ's (AUC), and the sensitivity of
-    a Dmean-only threshold set on the test plans themselves (an oracle) for 5 % false alarms. The same
+    a Dmean-only threshold set on the test plans themselves (an oracle) for 5 % false alarms; pooled also
+    with the excesses in % of each plan's prescription (the unit plan QA's margins scale in). The same
     per technique (`techniques`: case -> technique of the test plans), with how many training plans
     had it."""
     standard_by_case = {q.case: q for q in standard}
     worse = {q.case: _dmean_excess(q, truth[q.case]["organ"]) for q in degraded}
     same_organ = [_dmean_excess(standard_by_case[q.case], truth[q.case]["organ"]) for q in degraded]
     every = {q.case: [_dmean_excess(q, s.name) for s in q.structures if s.kind == "oar"] for q in standard}
+    percent = {q.case: 100.0 / q.reference_dose_gy for q in standard}   # Gy -> % of the case's prescription
+    in_percent = _separation([worse[c] * percent[c] for c in standard_by_case if c in worse],
+                             [e * percent[c] for c, es in every.items() for e in es])
 
     def excesses(cases) -> tuple[list[float], list[float]]:   # (degraded organs', standard organs') of these cases
         return [worse[c] for c in cases if c in worse], [e for c in cases for e in every.get(c, [])]
@@ -135,7 +139,12 @@ def separability(standard: list, degraded: list, truth: dict, techniques: dict[s
     return {"degraded_organ_dmean_excess_gy": {"mean": float(np.mean(w)), "sd": float(np.std(w))},
             "same_organ_standard_plan_dmean_excess_gy": {"mean": float(np.mean(same_organ)), "sd": float(np.std(same_organ))},
             "standard_organs_dmean_excess_gy": {"mean": float(np.mean(e)), "sd": float(np.std(e))},
-            **_separation(w, e), "by_technique": by_technique}
+            **_separation(w, e),
+            "in_percent_of_rx": {"auc_dmean": in_percent["auc_dmean"],
+                                 "oracle_dmean_threshold_percent_of_rx": in_percent["oracle_dmean_threshold_gy"],
+                                 "oracle_sensitivity_at_5_percent_false_alarms":
+                                     in_percent["oracle_sensitivity_at_5_percent_false_alarms"]},
+            "by_technique": by_technique}
 
 
 def main() -> None:
@@ -172,11 +181,15 @@ def main() -> None:
         runs[label] = plan_qa(list_cases(sets, label), work / f"reports_{args.degradation_percent:g}_percent" / label, predictor, Tolerance(),
                               progress=False)
     oof = validation_cases(model, list(FOLDS))
-    rules = {"tolerance and folds' interval only (uncalibrated)": None}
-    rules.update({f"calibrated for {100 * rate:g} % false alarms": calibrate(oof, rate) for rate in FALSE_ALARMS})
+    every_metric = [m.name for m in OAR_METRICS]
+    rules = {"tolerance and folds' interval only (uncalibrated)": (None, None)}
+    rules.update({f"calibrated for {100 * rate:g} % false alarms": (calibrate(oof, rate), None) for rate in FALSE_ALARMS})
+    rules.update({"tolerance and folds' interval only (uncalibrated), organs flagged on every metric": (None, every_metric),
+                  "calibrated for 5 % false alarms, organs flagged on every metric": (calibrate(oof, 0.05, every_metric), None)})
 
-    def scored(tolerance: Tolerance, calibration) -> dict:   # the same predictions, flagged again
-        rerun = {label: [with_tolerance(q, tolerance, calibration) for q in qas] for label, qas in runs.items()}
+    def scored(tolerance: Tolerance, calibration, organ_flag_metrics=None) -> dict:   # the same predictions, flagged again
+        rerun = {label: [with_tolerance(q, tolerance, calibration, organ_flag_metrics) for q in qas]
+                 for label, qas in runs.items()}
         return score(rerun["standard"], rerun["degraded"], truth["degraded"])
     default = calibrate(oof, DEFAULT_FALSE_ALARM)
     test_techniques = {c.name: technique(load_plan(c / PLAN_FILE)) for c in list_cases(sets, "standard")}
@@ -187,9 +200,10 @@ def main() -> None:
               "default_rule": scored(Tolerance(), default),
               "separability": separability(runs["standard"], runs["degraded"], truth["degraded"], test_techniques,
                                            [technique(load_plan(c / PLAN_FILE)) for c in list_cases(raw)]),
-              "flag_rules": {name: scored(Tolerance(), cal) for name, cal in rules.items()},
+              "flag_rules": {name: scored(Tolerance(), *rule) for name, rule in rules.items()},
               "calibration": None if default is None else {k: v for k, v in default.to_json().items()
-                                                           if k in ("levels", "calibration_rate", "pooled_margins")}}
+                                                           if k in ("organ_flag_metrics", "levels", "calibration_rate",
+                                                                    "margin_units", "pooled_margins")}}
     result["tolerance_sweep"] = {rule: {f"{gy:g} Gy / {percent:g} %": scored(Tolerance(gy, percent), cal)
                                         for gy, percent in TOLERANCES}
                                  for rule, cal in (("uncalibrated", None), ("calibrated 5 %", default))}

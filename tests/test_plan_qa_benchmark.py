@@ -15,9 +15,10 @@ SHAPE = (2, 8, 10)
 KINDS = {"Body": "body", "PTV": "target", "Rectum": "oar", "Bladder": "oar"}
 
 
-def _case(name: str, excess_gy: dict[str, float]):
+def _case(name: str, excess_gy: dict[str, float], rx_gy: float = 60.0):
     """Predicted: PTV 60 Gy, rectum 22 Gy, bladder 10 Gy, elsewhere 2 Gy (folds +-1 Gy); the clinical
-    dose that plus `excess_gy` inside the named organs, so each organ's Dmean excess is exactly that."""
+    dose that plus `excess_gy` inside the named organs, so each organ's Dmean excess is exactly that.
+    `rx_gy`: the PTV's prescription (the reference dose)."""
     m = {n: np.zeros(SHAPE, bool) for n in KINDS}
     m["Body"][:] = True
     m["PTV"][:, 1:3, 2:8] = True
@@ -26,12 +27,12 @@ def _case(name: str, excess_gy: dict[str, float]):
     mean = np.full(SHAPE, 2.0)
     mean[m["PTV"]], mean[m["Rectum"]], mean[m["Bladder"]] = 60.0, 22.0, 10.0
     clinical = mean + sum(gy * m[organ] for organ, gy in excess_gy.items())
-    return compare_case(name, clinical, [mean - 1.0, mean, mean + 1.0], m, KINDS, {"PTV": 60.0}, 1000.0, Tolerance())
+    return compare_case(name, clinical, [mean - 1.0, mean, mean + 1.0], m, KINDS, {"PTV": rx_gy}, 1000.0, Tolerance())
 
 
 def test_separability_pooled_and_per_technique_by_hand():
-    standard = [_case("a", {"Rectum": 1.0}), _case("b", {"Bladder": 3.0})]
-    degraded = [_case("a", {"Rectum": 4.0}), _case("b", {"Bladder": 2.0})]
+    standard = [_case("a", {"Rectum": 1.0}), _case("b", {"Bladder": 3.0}, rx_gy=30.0)]
+    degraded = [_case("a", {"Rectum": 4.0}), _case("b", {"Bladder": 2.0}, rx_gy=30.0)]
     truth = {"a": {"organ": "Rectum"}, "b": {"organ": "Bladder"}}
     s = separability(standard, degraded, truth, {"a": "prostate IMRT", "b": "prostate VMAT"},
                      ["prostate IMRT", "prostate IMRT", "head_neck VMAT"])
@@ -41,6 +42,11 @@ def test_separability_pooled_and_per_technique_by_hand():
     assert s["auc_dmean"] == pytest.approx(7 / 8)                  # 4 beats all four, 2 beats 1, 0, 0
     assert s["oracle_dmean_threshold_gy"] == pytest.approx(2.7)    # [0, 0, 1, 3] at 0.95: 1 + 0.85 * 2
     assert s["oracle_sensitivity_at_5_percent_false_alarms"] == 0.5
+    # in % of the prescription (a: 60 Gy, b: 30 Gy): standard 1.67, 0, 0, 10; degraded 6.67 and 6.67
+    relative = s["in_percent_of_rx"]
+    assert relative["auc_dmean"] == pytest.approx(6 / 8)                      # each beats all but the 10
+    assert relative["oracle_dmean_threshold_percent_of_rx"] == pytest.approx(100 / 60 + 0.85 * (10 - 100 / 60))
+    assert relative["oracle_sensitivity_at_5_percent_false_alarms"] == 0.0
     imrt, vmat = s["by_technique"]["prostate IMRT"], s["by_technique"]["prostate VMAT"]
     assert (imrt["training_plans"], imrt["test_plans"], vmat["training_plans"], vmat["test_plans"]) == (2, 1, 0, 1)
     assert imrt["auc_dmean"] == 1.0 and imrt["oracle_dmean_threshold_gy"] == pytest.approx(0.95)

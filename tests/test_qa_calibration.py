@@ -8,10 +8,11 @@ import pytest
 
 from nndose.errors import NndoseError
 from nndose.io.layout import VALIDATION_DIR, VALIDATION_DVH_FILE, fold_folder
-from nndose.qa.calibration import calibrate, conformal_quantile, fewest_structures, validation_cases
+from nndose.qa.calibration import OWN_TAIL, calibrate, conformal_quantile, fewest_structures, validation_cases
 from nndose.qa.compare import METRICS, compare_metric
 
 OAR = {m.name: m for m in METRICS["oar"]}
+EVERY = list(OAR)
 
 
 def _case(structures: dict[str, tuple[str, dict[str, float]]]) -> dict:
@@ -35,18 +36,42 @@ def test_conformal_quantile_by_hand():
 
 
 def test_margins_by_hand():
-    # one organ, 19 validation cases, its Dmean 0, 1, ..., 18 Gy worse than predicted, the rest exact
+    # one organ, 19 validation cases (reference dose 70 Gy), its Dmean 0, 1, ..., 18 Gy worse than
+    # predicted, the rest exact; every organ metric a flag metric
     cases = [_case({"Rectum": ("oar", {"Dmean": float(w)})}) for w in range(19)]
-    cal = calibrate(cases, false_alarm=0.10)
+    cal = calibrate(cases, false_alarm=0.10, organ_flag_metrics=EVERY)
     # level 0.10: the 18th smallest of 19 (Dmean 17 Gy, the others 0). Left out, each case meets the
     # ceil(19 * 0.9) = 18th smallest of the other 18: only w = 18 lies beyond (17): 5 % <= 10 %
     assert cal.levels == {"oar": pytest.approx(0.10)} and cal.calibration_rate == {"oar": pytest.approx(1 / 19)}
-    margins = cal.margins_for("Rectum", "oar")
-    assert margins["Dmean"] == 17 and margins["D2"] == 0 and margins["V20Gy"] == 0
+    margins = cal.margins_for("Rectum", "oar", 70.0)
+    assert margins["Dmean"] == pytest.approx(17) and margins["D2"] == 0 and margins["V20Gy"] == 0
+    # dose margins scale with the case's reference dose (17 / 70 of it), V-x margins do not
+    assert cal.pooled["oar"]["Dmean"] == pytest.approx(17 / 70)
+    assert cal.margins_for("Rectum", "oar", 35.0)["Dmean"] == pytest.approx(8.5)
     # an organ never validated borrows the pooled margins (here the same cases), targets stay uncalibrated
-    assert cal.margins_for("Bladder", "oar") == margins and cal.margins_for("PTV", "target") is None
-    assert cal.summary() == {"false_alarm": 0.10, "cases": 19, "kinds": ["oar"],
-                             "source": "fold validation", "calibration_rate": {"oar": pytest.approx(1 / 19)}}
+    assert cal.margins_for("Bladder", "oar", 70.0) == margins and cal.margins_for("PTV", "target", 70.0) is None
+    assert cal.summary() == {"false_alarm": 0.10, "cases": 19, "kinds": ["oar"], "source": "fold validation",
+                             "calibration_rate": {"oar": pytest.approx(1 / 19)}, "organ_flag_metrics": EVERY}
+    # by default organs are calibrated (and flagged) on Dmean alone
+    assert list(calibrate(cases, false_alarm=0.10).margins_for("Rectum", "oar", 70.0)) == ["Dmean"]
+
+
+def test_a_structure_gets_its_own_margins_once_enough_of_its_values_lie_beyond():
+    """OWN_TAIL (5) of its values expected beyond the margin: n a >= 5. At a = 0.10, 50 cases of each of
+    two organs give each its own margins; 49 give both the pooled ones."""
+    assert OWN_TAIL == 5
+
+    def two_organs(n):   # the rectum's Dmean 0, 1, ..., n - 1 Gy worse; the bladder exact
+        return [_case({"Rectum": ("oar", {"Dmean": float(w)}), "Bladder": ("oar", {})}) for w in range(n)]
+    cal = calibrate(two_organs(50), false_alarm=0.10)
+    # own: the ceil(51 * 0.9) = 46th smallest of 0..49 = 45 Gy, and the bladder's 0. Left out, rectum values
+    # 45..49 lie beyond the 45th smallest of the 49 others (44): 5 of 100 structures, 5 % <= 10 %
+    assert cal.levels == {"oar": pytest.approx(0.10)} and cal.calibration_rate == {"oar": pytest.approx(0.05)}
+    assert cal.margins_for("Rectum", "oar", 70.0) == {"Dmean": pytest.approx(45.0)}
+    assert cal.margins_for("Bladder", "oar", 70.0) == {"Dmean": 0.0}
+    pooled = calibrate(two_organs(49), false_alarm=0.10)
+    assert pooled.margins["oar"] == {}
+    assert pooled.margins_for("Rectum", "oar", 70.0) == pooled.margins_for("Bladder", "oar", 70.0)
 
 
 def _crossed(n: int) -> list[dict]:
@@ -58,14 +83,17 @@ def test_the_level_drops_until_few_structures_are_beyond():
     # 29 cases. Left out, each case meets the k-th smallest of the other 28: k = ceil(29 (1 - a)).
     # a = 0.10 and 0.08: k = 27, values 27 and 28 beyond in both metrics: 4 of 29 (13.8 % > 10 %).
     # a = 0.06: k = 28, only the 28s beyond: 2 of 29 (6.9 %). Margins: the ceil(30 * 0.94) = 29th smallest
-    cal = calibrate(_crossed(29), false_alarm=0.10)
+    cal = calibrate(_crossed(29), false_alarm=0.10, organ_flag_metrics=["Dmean", "D2"])
     assert cal.levels["oar"] == pytest.approx(0.06) and cal.calibration_rate["oar"] == pytest.approx(2 / 29)
-    assert cal.margins_for("Rectum", "oar")["Dmean"] == 28 == cal.margins_for("Rectum", "oar")["D2"]
+    margins = cal.margins_for("Rectum", "oar", 70.0)
+    assert margins == {"Dmean": pytest.approx(28), "D2": pytest.approx(28)}
+    # on Dmean alone, a = 0.10 already: left out, 27 and 28 beyond the 27th smallest of the others, 2 of 29
+    assert calibrate(_crossed(29), false_alarm=0.10).levels["oar"] == pytest.approx(0.10)
 
 
 def test_a_kind_no_level_calibrates_stays_uncalibrated():
     # 19 cases: at a = 0.10 to 0.06, 2 of 19 beyond (10.5 %); at 0.05 the 18 others are too few
-    assert calibrate(_crossed(19), false_alarm=0.10) is None
+    assert calibrate(_crossed(19), false_alarm=0.10, organ_flag_metrics=["Dmean", "D2"]) is None
 
 
 def test_calibration_values_must_be_numbers():
@@ -106,7 +134,10 @@ def test_the_margin_decides_between_tolerance_and_flag():
 def test_false_alarms_on_fresh_plans_stay_near_the_chosen_rate():
     """Simulated plans of the training style: each organ's metrics err around an organ-specific bias
     with correlated noise. Calibrated on 300 cases, at most ~5 % of the organs of 3000 new ones are
-    flagged (the guarantee holds for exchangeable cases), and a 4-sigma degradation is found."""
+    flagged (the guarantee holds for exchangeable cases), on Dmean alone (the default: each organ its
+    own margin, 300 * 0.05 = 15 >= OWN_TAIL values beyond it) or on every metric (a level near 1 %, too
+    few values beyond for own margins: pooled ones). A 4-sigma Dmean degradation is found on Dmean alone;
+    on every metric, the false alarms shared seven ways, less often."""
     rng = np.random.default_rng(0)
     organs = {"Rectum": (1.0, 1.5), "Bladder": (-0.5, 1.0), "FemoralHead_L": (3.0, 2.5)}   # bias, sigma (Gy)
 
@@ -119,17 +150,20 @@ def test_false_alarms_on_fresh_plans_stay_near_the_chosen_rate():
                 s[name] = ("oar", {m: common + rng.normal(0, sigma / 2) for m in OAR})
             out.append(s)
         return out
-    cal = calibrate([_case(s) for s in draw(300)], false_alarm=0.05)
-    fresh = draw(3000)
+    calibration_cases, fresh = [_case(s) for s in draw(300)], draw(3000)
+    found = {}
+    for flag_metrics in (["Dmean"], EVERY):
+        cal = calibrate(calibration_cases, false_alarm=0.05, organ_flag_metrics=flag_metrics)
+        assert bool(cal.margins["oar"]) == (flag_metrics == ["Dmean"])   # own margins, or pooled
 
-    def flagged(name, excess):   # any metric of the organ beyond its margin (tolerance 0, folds agree)
-        margins = cal.margins_for(name, "oar")
-        return any(excess[m] > margins[m] for m in OAR)
-    rate = np.mean([flagged(n, e) for s in fresh for n, (_, e) in s.items()])
-    assert 0.02 < rate < 0.075
-    worse = np.mean([flagged(n, {m: e[m] + (4 * organs[n][1] if m == "Dmean" else 0) for m in OAR})
-                     for s in fresh for n, (_, e) in s.items()])
-    assert worse > 0.8
+        def flagged(name, excess):   # any flag metric of the organ beyond its margin (tolerance 0, folds agree)
+            margins = cal.margins_for(name, "oar", 70.0)
+            return any(excess[m] > margins[m] for m in flag_metrics)
+        rate = np.mean([flagged(n, e) for s in fresh for n, (_, e) in s.items()])
+        assert 0.02 < rate < 0.075
+        found[len(flag_metrics)] = np.mean([flagged(n, {m: e[m] + (4 * organs[n][1] if m == "Dmean" else 0) for m in OAR})
+                                            for s in fresh for n, (_, e) in s.items()])
+    assert found[1] > 0.8 and found[len(EVERY)] < found[1]
 
 
 def test_validation_cases_read_every_fold_or_none(tmp_path):
@@ -146,17 +180,26 @@ def test_validation_cases_read_every_fold_or_none(tmp_path):
 
 def test_flagged_again_with_margins_as_if_compared_with_them():
     """with_tolerance(qa, tolerance, calibration) gives what compare_case with that calibration gives
-    (a second path to the same flags); here the rectum's 5 Gy excess sits within a 6 Gy Dmean margin
-    but beyond the others' margins of 0."""
+    (a second path to the same flags). Every organ metric flags; the calibration cases (reference dose
+    70 Gy) err 6 Gy in the rectum's Dmean: 6 / 70 of the reference, so 5.14 Gy in the hand case's 60 Gy.
+    Its 5 Gy excess sits within that margin, but beyond the other metrics' margins of 0."""
     from tests.test_qa_core import KINDS, VOXEL_MM3, _hand_case
+    from nndose.errors import NndoseError
     from nndose.qa.compare import Tolerance, compare_case, with_tolerance
-    qa, clinical, folds, masks = _hand_case()
+    qa, clinical, folds, masks = _hand_case(organ_flag_metrics=EVERY)
     cases = [_case({"Rectum": ("oar", {"Dmean": 6.0, "D2": 0.0}), "Bladder": ("oar", {})})] * 40
-    cal = calibrate(cases, 0.05)
-    direct = compare_case("case", clinical, folds, masks, KINDS, {"PTV": 60.0}, VOXEL_MM3, Tolerance(), cal)
+    cal = calibrate(cases, 0.05, organ_flag_metrics=EVERY)
+    direct = compare_case("case", clinical, folds, masks, KINDS, {"PTV": 60.0}, VOXEL_MM3, Tolerance(), cal,
+                          organ_flag_metrics=EVERY)
     again = with_tolerance(qa, Tolerance(), cal)
     assert again.to_json() == direct.to_json()
     rectum = {m.name: m for m in direct.structure("Rectum").metrics}
-    assert rectum["Dmean"].margin == 6.0 and not rectum["Dmean"].flagged and rectum["D2"].flagged
+    assert rectum["Dmean"].margin == pytest.approx(6.0 / 70 * 60) and not rectum["Dmean"].flagged and rectum["D2"].flagged
     assert direct.calibration["cases"] == 40 and direct.structure("PTV").metrics[0].margin is None
     assert with_tolerance(direct, Tolerance(), None).to_json() == qa.to_json()   # margins dropped again
+    # margins learnt for other flag metrics than the comparison's are refused
+    with pytest.raises(NndoseError, match="margins calibrated for organ flag metrics Dmean, D0.1cc"):
+        compare_case("case", clinical, folds, masks, KINDS, {"PTV": 60.0}, VOXEL_MM3, Tolerance(), cal)
+    # on Dmean alone, the same cases: the rectum flags nowhere (D2 is shown only)
+    dmean = with_tolerance(qa, Tolerance(), calibrate(cases, 0.05))
+    assert not dmean.structure("Rectum").flagged and not dmean.structure("Rectum").metric("D2").can_flag

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nndose.errors import NndoseError
-from nndose.qa.compare import Tolerance, compare_case, rank_cases
+from nndose.qa.compare import OAR_METRICS, Tolerance, compare_case, rank_cases
 from nndose.qa.report import FLAG_COLOR, write_case_report, write_cohort_report
 from nndose.qa.tables import write_case_outputs, write_cohort_outputs
 
@@ -42,17 +42,39 @@ def _ensemble():
     return d
 
 
-def _hand_case(name="case", rectum_excess_gy=5.0):
+EVERY_OAR_METRIC = tuple(m.name for m in OAR_METRICS)
+
+
+def _hand_case(name="case", rectum_excess_gy=5.0, organ_flag_metrics=("Dmean",)):
     """Folds = ensemble - 1, ensemble, ensemble + 1 Gy; clinical = ensemble + excess in the rectum."""
     masks, mean = _masks(), _ensemble()
     folds = [mean - 1.0, mean.copy(), mean + 1.0]
     clinical = mean + rectum_excess_gy * masks["Rectum"]
-    qa = compare_case(name, clinical, folds, masks, KINDS, {"PTV": 60.0}, VOXEL_MM3, Tolerance())
+    qa = compare_case(name, clinical, folds, masks, KINDS, {"PTV": 60.0}, VOXEL_MM3, Tolerance(),
+                      organ_flag_metrics=organ_flag_metrics)
     return qa, clinical, folds, masks
 
 
-def test_excess_in_one_organ_flags_that_organ_only():
+def test_organs_are_flagged_on_their_flag_metrics_only():
+    """By default on Dmean; the other metrics, worse by as much, are shown and flag nothing."""
     qa, *_ = _hand_case()
+    rectum = qa.structure("Rectum")
+    assert qa.organ_flag_metrics == ("Dmean",) and qa.to_json()["organ_flag_metrics"] == ["Dmean"]
+    assert [m.name for m in rectum.metrics if m.flagged] == ["Dmean"]
+    assert [m.name for m in rectum.metrics if m.can_flag] == ["Dmean"]
+    assert rectum.reason == "Dmean 27.0 Gy vs predicted 22.0 Gy [21.0, 23.0]: 5.0 Gy more than achievable"
+    assert rectum.metric("V30Gy").reason == "V30Gy 50.0 % vs predicted 0.0 % [0.0, 0.0]: shown, not a flag metric"
+    assert all(m.can_flag for m in qa.structure("PTV").metrics)   # targets: every metric
+    on_v30, *_ = _hand_case(organ_flag_metrics=["V30Gy"])
+    assert [m.name for m in on_v30.structure("Rectum").metrics if m.flagged] == ["V30Gy"]
+    with pytest.raises(NndoseError, match="unknown organ flag metric D95; choose from Dmean, D0.1cc"):
+        _hand_case(organ_flag_metrics=["D95"])
+    with pytest.raises(NndoseError, match="organ flag metric Dmean named twice"):
+        _hand_case(organ_flag_metrics=["Dmean", "Dmean"])
+
+
+def test_excess_in_one_organ_flags_that_organ_only():
+    qa, *_ = _hand_case(organ_flag_metrics=EVERY_OAR_METRIC)
     # targets first; body, the empty mask and the unknown kind skipped
     assert [s.name for s in qa.structures] == ["PTV", "Rectum", "Bladder"]
     assert qa.reference_dose_gy == 60.0
@@ -121,7 +143,8 @@ def test_volume_tolerance_is_in_percentage_points():
         volume[masks_organ] = clinical
         masks = {"PTV": ~masks_organ, "Organ": masks_organ}
         prediction = np.where(masks_organ, 19.0, 70.0)
-        qa = compare_case("c", volume, [prediction], masks, {"PTV": "target", "Organ": "oar"}, {"PTV": 70.0}, VOXEL_MM3)
+        qa = compare_case("c", volume, [prediction], masks, {"PTV": "target", "Organ": "oar"}, {"PTV": 70.0}, VOXEL_MM3,
+                          organ_flag_metrics=["V20Gy"])
         return qa.structure("Organ").metric("V20Gy")
     assert (v20(1).excess, v20(1).flagged) == (2.5, False)   # 1 / 40 = 2.5 points < 3
     assert (v20(2).excess, v20(2).flagged) == (5.0, True)    # 2 / 40 = 5 points > 3

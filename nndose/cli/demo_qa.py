@@ -15,6 +15,7 @@ from nndose.inference.predictor import DosePredictor
 from nndose.io.layout import DOSE_FILE, NIFTI, QA_INDEX, TEST_DIR
 from nndose.io.raw_dataset import list_cases, write_case
 from nndose.io.volumes import write_volume
+from nndose.qa.compare import flag_metrics_in_words
 from nndose.qa.run import plan_qa
 
 MIN_INCREASE_PERCENT_OF_RX = 20.0
@@ -52,7 +53,8 @@ def qa_step(raw: Path, seed: int, n_phantoms: int, predictor: DosePredictor, wor
                                       calibration_dirs=calibration_plans(n_phantoms, seed, work / "calibration_plans"))}
     false_alarm = next(iter(qas.values())).calibration["false_alarm"]
     lines = [f"margins learnt on {CALIBRATION_PLANS} further phantoms the model never saw, "
-             f"for at most {100 * false_alarm:g} % of organs of well-made plans flagged"]
+             f"for at most {100 * false_alarm:g} % of organs of well-made plans flagged; "
+             f"flagged: {flag_metrics_in_words(next(iter(qas.values())).organ_flag_metrics)}"]
     if chosen is not None:
         name, worse = chosen
         found = qas[name].flagged_organs

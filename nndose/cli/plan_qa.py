@@ -1,5 +1,5 @@
 """nndose_plan_qa -i CASES -d ID -c CONFIG -o REPORT [--dicom DICOM_FOLDER --structure_map map.json] [--tolerance_gy 2]
-[--tolerance_percent 3] [[--false_alarm_percent 5] [--calibration_cases PLANS] | --no_calibration]"""
+[--tolerance_percent 3] [--flag_metrics Dmean ...] [[--false_alarm_percent 5] [--calibration_cases PLANS] | --no_calibration]"""
 from __future__ import annotations
 
 import sys
@@ -14,7 +14,8 @@ from nndose.io.layout import CT_FILE, PLAN_FILE, QA_INDEX, TRAIN_DIR, check_fold
 from nndose.io.raw_dataset import list_cases
 from nndose.paths import parse_dataset_id, require_dataset, results_root
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM, basis_in_words
-from nndose.qa.compare import Tolerance, rank_cases
+from nndose.qa.compare import (DEFAULT_ORGAN_FLAG_METRICS, OAR_METRICS, Tolerance, check_flag_metrics,
+                               flag_metrics_in_words, rank_cases)
 from nndose.qa.run import plan_qa
 
 
@@ -73,6 +74,11 @@ def _main(argv) -> None:
                          "whichever is smaller (default 2)")
     ap.add_argument("--tolerance_percent", type=float, default=Tolerance().percent,
                     help="in %% of the prescription for doses, in percentage points of the organ for V-x (default 3)")
+    ap.add_argument("--flag_metrics", nargs="+", default=list(DEFAULT_ORGAN_FLAG_METRICS), metavar="METRIC",
+                    help=f"the organ-at-risk metrics an organ is flagged on, of {', '.join(m.name for m in OAR_METRICS)} "
+                         f"(default {' '.join(DEFAULT_ORGAN_FLAG_METRICS)}, which sums up the whole DVH); the others are "
+                         "shown. Each one added shares the false alarms, so flags on every one get rarer. Targets are "
+                         "flagged on all their metrics")
     ap.add_argument("--false_alarm_percent", type=float,
                     help="margins learnt on the folds' validation cases (or the --calibration_cases) so that at most "
                          "this %% of the structures of plans made like the training plans are flagged (default 5)")
@@ -87,6 +93,7 @@ def _main(argv) -> None:
     if args.structure_map and not args.dicom:
         raise NndoseError("--structure_map goes with --dicom")
     tolerance = Tolerance(args.tolerance_gy, args.tolerance_percent)
+    flag_metrics = check_flag_metrics(args.flag_metrics)
     for option, given in (("--calibration_cases", args.calibration_cases), ("--false_alarm_percent", args.false_alarm_percent)):
         if given is not None and args.no_calibration:
             raise NndoseError(f"{option} and --no_calibration exclude each other")
@@ -104,13 +111,14 @@ def _main(argv) -> None:
             cases = _cases_from_dicom(args.dicom, args.structure_map, Path(work))
         else:
             cases = _case_folders(args.i, "-i")
-        qas = plan_qa(cases, args.o, predictor, tolerance, false_alarm=false_alarm, calibration_dirs=calibration_dirs)
+        qas = plan_qa(cases, args.o, predictor, tolerance, false_alarm=false_alarm, calibration_dirs=calibration_dirs,
+                      organ_flag_metrics=flag_metrics)
     flagged = [q for q in qas if q.flagged_organs or q.flagged_targets]
     for q in rank_cases(flagged):
         parts = [f"organs {', '.join(q.flagged_organs)}"] if q.flagged_organs else []
         parts += [f"targets {', '.join(q.flagged_targets)}"] if q.flagged_targets else []
         print(f"{q.case}: flagged {'; '.join(parts)} (sparing left {q.sparing_left_gy:.1f} Gy)")
-    print(calibration_line(qas[0].calibration, args.no_calibration))
+    print(f"flagged: {flag_metrics_in_words(flag_metrics)}; {calibration_line(qas[0].calibration, args.no_calibration)}")
     print(f"{len(qas)} plan(s) checked with fold(s) {', '.join(predictor.folds)}, {len(flagged)} with flags; "
           f"report: {args.o / QA_INDEX}")
 

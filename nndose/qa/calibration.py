@@ -3,17 +3,20 @@ style can be, learnt on plans the model did not train on (its folds' validation 
 calibration set given apart).
 
 Each fold's validation wrote its cases' planned and predicted DVH points (validation/dvh_points.json,
-without case names). For every structure and QA metric, w = how much worse the plan is than the
-prediction (planned - predicted; predicted - planned where lower is worse). A metric's margin is a
-conformal quantile of w at level 1 - a (the ceil((n + 1)(1 - a))-th smallest of n values): the
-structure's own values where they are enough for that level, else the values of every structure of
-its kind pooled. The level a is one for all metrics of a kind, the largest in LEVELS * false_alarm at
-which at most `false_alarm` of the calibration structures have any metric beyond its margin (a
-structure has several metrics, so a is below false_alarm), each structure's value checked against
-margins learnt without that value (leave one out; a structure gets its own margins only where its
-values suffice with one left out). A kind where no level gets there stays uncalibrated. Plans made like the training plans then
-have at most about `false_alarm` of their structures flagged (exchangeable cases). Single folds err
-more than the ensemble plan QA compares with, so fold-validation margins err on the side of fewer flags.
+without case names). For every structure and flag metric (qa.compare.flag_specs: the organ flag metrics,
+every target metric), w = how much worse the plan is than the prediction (planned - predicted;
+predicted - planned where lower is worse), for a dose as a fraction of the case's reference dose: the
+network predicts dose relative to it, and its errors scale with it. A metric's margin is a conformal
+quantile of w at level 1 - a (the ceil((n + 1)(1 - a))-th smallest of n values): the structure's own
+values where at least OWN_TAIL of them are expected beyond it (n a >= OWN_TAIL; fewer, and the margin
+would be one of its few largest values, too noisy a threshold), else the values of every structure of
+its kind pooled. The level a is one for all flag metrics of a kind, the largest in LEVELS * false_alarm
+at which at most `false_alarm` of the calibration structures have any flag metric beyond its margin (a
+structure with several flag metrics gets a below false_alarm), each structure's value checked against
+margins learnt without that value (leave one out). A kind where no level gets there stays uncalibrated.
+Plans made like the training plans then have at most about `false_alarm` of their structures flagged
+(exchangeable cases). Single folds err more than the ensemble plan QA compares with, so fold-validation
+margins err on the side of fewer flags.
 """
 from __future__ import annotations
 
@@ -26,16 +29,18 @@ import numpy as np
 
 from nndose.errors import NndoseError
 from nndose.io.layout import VALIDATION_DIR, VALIDATION_DVH_FILE, fold_folder
-from nndose.qa.compare import KIND_NAMES, METRICS, worse_by
+from nndose.qa.compare import DEFAULT_ORGAN_FLAG_METRICS, KIND_NAMES, METRICS, check_flag_metrics, flag_specs, worse_by
 
 DEFAULT_FALSE_ALARM = 0.05
 LEVELS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)   # the per-metric level a, as fractions of false_alarm
+OWN_TAIL = 5   # a structure gets margins of its own when this many of its values are expected beyond them
 
 
 @dataclass(frozen=True)
 class Calibration:
     """Margins {kind: {structure: {metric: margin}}} of the structures seen often enough, pooled margins
-    {kind: {metric: margin}} for the others, and the per-metric level a chosen for each kind."""
+    {kind: {metric: margin}} for the others, and the per-metric level a chosen for each kind. Margins of
+    doses are fractions of the reference dose; of V-x, percentage points."""
     false_alarm: float
     cases: int
     levels: dict[str, float]
@@ -43,20 +48,25 @@ class Calibration:
     margins: dict[str, dict[str, dict[str, float]]]
     pooled: dict[str, dict[str, float]]
     source: str = "fold validation"   # or "calibration cases": held-out plans given apart
+    organ_flag_metrics: tuple[str, ...] = DEFAULT_ORGAN_FLAG_METRICS
 
-    def margins_for(self, structure: str, kind: str) -> dict[str, float] | None:
-        """The margin of each metric of a structure (its own, else its kind's pooled ones); None for a
-        kind the validation had too few structures of."""
+    def margins_for(self, structure: str, kind: str, reference_dose_gy: float) -> dict[str, float] | None:
+        """The margin of each flag metric of a structure (its own, else its kind's pooled ones), doses in Gy
+        for a case of this reference dose; None for a kind the validation had too few structures of."""
         if kind not in self.levels:
             return None
-        return self.margins[kind].get(structure) or self.pooled[kind]
+        relative = self.margins[kind].get(structure) or self.pooled[kind]
+        units = {m.name: m.unit for m in METRICS[kind]}
+        return {m: v * reference_dose_gy if units[m] == "Gy" else v for m, v in relative.items()}
 
     def summary(self) -> dict:
         return {"false_alarm": self.false_alarm, "cases": self.cases, "source": self.source,
-                "kinds": sorted(self.levels), "calibration_rate": self.calibration_rate}
+                "kinds": sorted(self.levels), "calibration_rate": self.calibration_rate,
+                "organ_flag_metrics": list(self.organ_flag_metrics)}
 
     def to_json(self) -> dict:
-        return {**self.summary(), "levels": self.levels, "margins": self.margins, "pooled_margins": self.pooled}
+        return {**self.summary(), "margin_units": "doses: fraction of the reference dose; V-x: percentage points",
+                "levels": self.levels, "margins": self.margins, "pooled_margins": self.pooled}
 
 
 def basis_in_words(summary: dict) -> tuple[str, str, str]:
@@ -111,14 +121,20 @@ def _enough_when_left_out(n: int, level_out: float) -> bool:
     return _rank(n - 1, level_out) <= n - 1
 
 
+def _own_allowed(n: int, level_out: float) -> bool:
+    """Whether n values of one structure give it margins of its own at this level: OWN_TAIL of them
+    expected beyond, and enough with one left out."""
+    return n * level_out >= OWN_TAIL - 1e-9 and _enough_when_left_out(n, level_out)
+
+
 def _kind_margins(structures: dict[str, list[dict[str, float]]], level_out: float, own_allowed: bool):
-    """Own margins of the structures whose values suffice at this level even with one left out (when
-    own_allowed), pooled ones for the rest; None when the pool itself is too small."""
+    """Own margins of the structures whose values suffice for them (when own_allowed, _own_allowed),
+    pooled ones for the rest; None when the pool itself is too small."""
     rows = [r for rs in structures.values() for r in rs]
     if not _enough_when_left_out(len(rows), level_out):
         return None
     own = {name: _margins(rs, level_out) for name, rs in structures.items()
-           if own_allowed and _enough_when_left_out(len(rs), level_out)}
+           if own_allowed and _own_allowed(len(rs), level_out)}
     return own, _margins(rows, level_out)
 
 
@@ -140,16 +156,21 @@ def _number(value, what: str) -> float:
     return float(value)
 
 
-def _excess_rows(cases: list[dict]) -> dict[str, dict[str, list[dict[str, float]]]]:
-    """kind -> structure -> one {metric: how much worse than predicted} per case holding the structure."""
+def _excess_rows(cases: list[dict], organ_flag_metrics) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """kind -> structure -> one {flag metric: how much worse than predicted (doses: a fraction of the
+    reference dose)} per case holding the structure."""
     excess: dict[str, dict[str, list[dict[str, float]]]] = {}
     for case in cases:
+        reference = _number(case.get("reference_dose_gy"), "the reference dose")
+        if reference <= 0:
+            raise NndoseError(f"calibration cases: the reference dose is {reference} Gy, not positive")
         for name, s in case["structures"].items():
-            specs = METRICS.get(s.get("kind"), ())
+            specs = flag_specs(s.get("kind"), organ_flag_metrics) if s.get("kind") in METRICS else ()
             if specs and all(m.name in s["planned"] and m.name in s["predicted"] for m in specs):
                 excess.setdefault(s["kind"], {}).setdefault(name, []).append(
                     {m.name: worse_by(m, _number(s["planned"][m.name], f"{name} {m.name} planned"),
-                                      _number(s["predicted"][m.name], f"{name} {m.name} predicted")) for m in specs})
+                                      _number(s["predicted"][m.name], f"{name} {m.name} predicted"))
+                     / (reference if m.unit == "Gy" else 1.0) for m in specs})
     return excess
 
 
@@ -169,21 +190,23 @@ def _choose_level(structures: dict[str, list[dict[str, float]]], false_alarm: fl
     return None
 
 
-def calibrate(cases: list[dict], false_alarm: float = DEFAULT_FALSE_ALARM) -> Calibration | None:
-    """The margins from calibration cases ({"structures": {name: {"kind", "planned", "predicted"}}}). Per
-    kind the largest level (own margins preferred to pooled ones at a level) at which, left out, at
-    most `false_alarm` of the structures are beyond; a kind where no level gets there is left
-    uncalibrated (None: every kind)."""
+def calibrate(cases: list[dict], false_alarm: float = DEFAULT_FALSE_ALARM,
+              organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> Calibration | None:
+    """The margins of the flag metrics from calibration cases ({"reference_dose_gy", "structures": {name:
+    {"kind", "planned", "predicted"}}}). Per kind the largest level (own margins preferred to pooled ones
+    at a level) at which, left out, at most `false_alarm` of the structures are beyond; a kind where no
+    level gets there is left uncalibrated (None: every kind)."""
     if not 0 < false_alarm < 1:
         raise NndoseError(f"false alarm rate {false_alarm} must lie between 0 and 1")
+    organ_flag_metrics = check_flag_metrics(organ_flag_metrics)
     levels, rates, margins, pooled = {}, {}, {}, {}
-    for kind, structures in _excess_rows(cases).items():
+    for kind, structures in _excess_rows(cases, organ_flag_metrics).items():
         chosen = _choose_level(structures, false_alarm)
         if chosen is not None:
             levels[kind], rates[kind], margins[kind], pooled[kind] = chosen
     if not levels:
         return None
-    return Calibration(false_alarm, len(cases), levels, rates, margins, pooled)
+    return Calibration(false_alarm, len(cases), levels, rates, margins, pooled, organ_flag_metrics=organ_flag_metrics)
 
 
 def validation_cases(model_dir: Path, folds: list[str]) -> list[dict] | None:

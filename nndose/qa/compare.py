@@ -1,11 +1,14 @@
 """Plan QA: per structure, the clinical DVH values against the ensemble prediction and its fold interval.
 
 Predicted value = the metric of the ensemble mean dose; interval = [min, max] of the metric over the
-folds, widened to hold the predicted value (one fold: the point). A metric is flagged when the clinical
+folds, widened to hold the predicted value (one fold: the point). A flag metric is flagged when the clinical
 value is worse than predicted by more than the tolerance, lies outside the interval on the worse side,
 and, for a model whose folds were validated, is worse by more than the model's own error allows (the
-margin calibrated on its validation cases, qa/calibration.py). Organs at risk: Dmean, D0.1cc, D2 and V5/V20/V30/V40 Gy (% of the volume), higher is worse.
-Targets: D95 and D98 (coverage, lower is worse) and D2 (hot spot, higher is worse).
+margin calibrated on its validation cases, qa/calibration.py). Organs at risk: Dmean, D0.1cc, D2 and
+V5/V20/V30/V40 Gy (% of the volume), higher is worse; they are flagged on the chosen flag metrics (default
+Dmean, which sums up the whole DVH) and the others are shown. Every metric that can flag spends part of the
+false alarm budget, so each one added makes flags on the others rarer. Targets: D95 and D98 (coverage,
+lower is worse) and D2 (hot spot, higher is worse), all flag metrics.
 """
 from __future__ import annotations
 
@@ -50,6 +53,37 @@ TARGET_METRICS = (MetricSpec("D95", "Gy", False), MetricSpec("D98", "Gy", False)
 METRICS = {"target": TARGET_METRICS, "oar": OAR_METRICS}
 KIND_NAMES = {"oar": "organs at risk", "target": "targets"}   # the kinds QA checks, in words
 METRIC_NAMES = tuple(dict.fromkeys(m.name for m in OAR_METRICS + TARGET_METRICS))  # every metric, once
+DEFAULT_ORGAN_FLAG_METRICS = ("Dmean",)
+
+
+def check_flag_metrics(names) -> tuple[str, ...]:
+    """The organ-at-risk metrics an organ may be flagged on, checked (known, at least one, each once), in
+    the order of OAR_METRICS."""
+    names = list(names)
+    known = [m.name for m in OAR_METRICS]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise NndoseError(f"unknown organ flag metric {unknown[0] if unknown else '(none given)'}; choose from {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise NndoseError(f"organ flag metric {next(n for n in names if names.count(n) > 1)} named twice")
+    return tuple(n for n in known if n in names)
+
+
+def _and(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def flag_metrics_in_words(organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> str:
+    """Which metrics flag which structures, e.g. 'organs at risk on Dmean (their other metrics shown),
+    targets on D95, D98 and D2'."""
+    shown = "" if len(organ_flag_metrics) == len(OAR_METRICS) else " (their other metrics shown)"
+    return f"organs at risk on {_and(organ_flag_metrics)}{shown}, targets on {_and(m.name for m in TARGET_METRICS)}"
+
+
+def flag_specs(kind: str, organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> tuple[MetricSpec, ...]:
+    """The metrics a structure of this kind may be flagged on: every target metric, the organ flag metrics."""
+    return METRICS[kind] if kind != "oar" else tuple(m for m in OAR_METRICS if m.name in organ_flag_metrics)
 
 
 @dataclass(frozen=True)
@@ -63,9 +97,10 @@ class MetricQA:
     upper: float
     excess: float  # clinical worse than predicted by this much (negative: better)
     tolerance: float
-    margin: float | None   # the calibrated margin (None: the model's error is unknown)
+    margin: float | None   # the calibrated margin (None: the model's error is unknown, or not a flag metric)
     flagged: bool
     reason: str
+    can_flag: bool = True  # False: shown, not one the structure is flagged on
 
     @property
     def slack(self) -> float:
@@ -98,7 +133,7 @@ class StructureQA:
         """The flagged metrics' reasons; unflagged, the reason of the metric closest to a flag."""
         if self.flagged:
             return "; ".join(m.reason for m in self.metrics if m.flagged)
-        return max(self.metrics, key=lambda m: m.excess - m.slack).reason
+        return max((m for m in self.metrics if m.can_flag), key=lambda m: m.excess - m.slack).reason
 
     def metric(self, name: str) -> MetricQA | None:
         return next((m for m in self.metrics if m.name == name), None)
@@ -115,6 +150,7 @@ class CaseQA:
     tolerance: Tolerance
     structures: tuple[StructureQA, ...]
     calibration: dict | None = None   # false alarm rate, validation cases and kinds of the margins (None: none)
+    organ_flag_metrics: tuple[str, ...] = DEFAULT_ORGAN_FLAG_METRICS
 
     @property
     def flagged_organs(self) -> tuple[str, ...]:
@@ -141,7 +177,7 @@ class CaseQA:
     def to_json(self) -> dict:
         return {"case": self.case, "reference_dose_gy": self.reference_dose_gy,
                 "tolerance": {"gy": self.tolerance.gy, "percent": self.tolerance.percent},
-                "calibration": self.calibration,
+                "calibration": self.calibration, "organ_flag_metrics": list(self.organ_flag_metrics),
                 "n_flagged_organs": self.n_flagged_organs, "flagged_organs": list(self.flagged_organs),
                 "flagged_targets": list(self.flagged_targets), "sparing_left_gy": self.sparing_left_gy,
                 "structures": [s.to_json() for s in self.structures]}
@@ -151,6 +187,8 @@ def _reason(spec: MetricSpec, m: dict) -> str:
     u = spec.unit if spec.unit == "Gy" else "percentage points"
     head = (f"{spec.name} {m['clinical']:.1f} {spec.unit} vs predicted {m['predicted']:.1f} {spec.unit} "
             f"[{m['lower']:.1f}, {m['upper']:.1f}]")
+    if not m["can_flag"]:
+        return f"{head}: shown, not a flag metric"
     if m["flagged"]:
         return f"{head}: {m['excess']:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than achievable"
     if m["excess"] <= 0:
@@ -168,28 +206,31 @@ def worse_by(spec: MetricSpec, value: float, reference: float) -> float:
 
 
 def compare_metric(spec: MetricSpec, clinical: float, predicted: float, fold_values: list[float],
-                   tolerance: float, margin: float | None = None) -> MetricQA:
-    """One metric: the interval of the folds (widened to hold `predicted`) and the flag rule."""
+                   tolerance: float, margin: float | None = None, can_flag: bool = True) -> MetricQA:
+    """One metric: the interval of the folds (widened to hold `predicted`) and, for a flag metric, the flag rule."""
     lower, upper = min(min(fold_values), predicted), max(max(fold_values), predicted)
     excess = worse_by(spec, clinical, predicted)
     outside = worse_by(spec, clinical, upper if spec.higher_is_worse else lower) > 0
-    flagged = excess > tolerance and outside and (margin is None or excess > margin)
+    margin = margin if can_flag else None
+    flagged = can_flag and excess > tolerance and outside and (margin is None or excess > margin)
     m = dict(clinical=clinical, predicted=predicted, lower=lower, upper=upper, excess=excess, tolerance=tolerance,
-             margin=margin, flagged=flagged)
+             margin=margin, flagged=flagged, can_flag=can_flag)
     return MetricQA(spec.name, spec.unit, spec.higher_is_worse, **m, reason=_reason(spec, m))
 
 
 def compare_structure(name: str, kind: str, clinical_gy: np.ndarray, predicted_gy: np.ndarray,
                       fold_predictions_gy: list[np.ndarray], voxel_mm3: float, tolerance: Tolerance,
-                      reference_dose_gy: float, margins: dict[str, float] | None = None) -> StructureQA:
+                      reference_dose_gy: float, margins: dict[str, float] | None = None,
+                      organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> StructureQA:
     """One structure from the dose values inside it (1-D arrays: clinical, ensemble mean, each fold);
-    `margins`: the calibrated margin of each metric (None: uncalibrated)."""
+    `margins`: the calibrated margin of each flag metric (None: uncalibrated)."""
     clinical = dvh_points(clinical_gy, kind, voxel_mm3)
     predicted = dvh_points(predicted_gy, kind, voxel_mm3)
     folds = [dvh_points(f, kind, voxel_mm3) for f in fold_predictions_gy]
+    flags = flag_specs(kind, organ_flag_metrics)
     return StructureQA(name, kind, tuple(
         compare_metric(m, clinical[m.name], predicted[m.name], [f[m.name] for f in folds],
-                       tolerance.for_unit(m.unit, reference_dose_gy), (margins or {}).get(m.name))
+                       tolerance.for_unit(m.unit, reference_dose_gy), (margins or {}).get(m.name), m in flags)
         for m in METRICS[kind]))
 
 
@@ -218,12 +259,24 @@ def _check(clinical_gy: np.ndarray, fold_predictions_gy: list[np.ndarray], struc
             raise NndoseError(f"{what} holds NaN or infinite values")
 
 
+def _flag_metrics_of(calibration, organ_flag_metrics) -> tuple[str, ...]:
+    """The organ flag metrics, checked, and the calibration's own (its margins are for those alone)."""
+    organ_flag_metrics = check_flag_metrics(organ_flag_metrics)
+    if calibration is not None and tuple(calibration.organ_flag_metrics) != organ_flag_metrics:
+        raise NndoseError(f"margins calibrated for organ flag metrics {', '.join(calibration.organ_flag_metrics)}, "
+                          f"not {', '.join(organ_flag_metrics)}")
+    return organ_flag_metrics
+
+
 def compare_case(case: str, clinical_gy: np.ndarray, fold_predictions_gy: list[np.ndarray],
                  structures: dict[str, np.ndarray], kinds: dict[str, str], prescriptions_gy: dict[str, float],
-                 voxel_mm3: float, tolerance: Tolerance = Tolerance(), calibration=None) -> CaseQA:
+                 voxel_mm3: float, tolerance: Tolerance = Tolerance(), calibration=None,
+                 organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> CaseQA:
     """Plan QA of one case; all arrays on one grid, doses in Gy. Targets first, then organs at risk,
     each in the order of `structures`; body, unknown kinds and empty masks are skipped. `calibration`:
-    the model's margins (a qa.calibration.Calibration), None for the tolerance and interval alone."""
+    the model's margins (a qa.calibration.Calibration, learnt for these organ flag metrics), None for the
+    tolerance and interval alone."""
+    organ_flag_metrics = _flag_metrics_of(calibration, organ_flag_metrics)
     _check(clinical_gy, fold_predictions_gy, structures, prescriptions_gy, voxel_mm3)
     reference_dose_gy = float(max(prescriptions_gy.values()))
     mean = ensemble_mean(fold_predictions_gy)
@@ -235,31 +288,41 @@ def compare_case(case: str, clinical_gy: np.ndarray, fold_predictions_gy: list[n
             mask = np.asarray(mask, bool)
             if kinds.get(name) != kind or not mask.any():
                 continue
+            margins = None if calibration is None else calibration.margins_for(name, kind, reference_dose_gy)
             out.append(compare_structure(name, kind, clinical[mask], mean[mask], [f[mask] for f in folds],
-                                         voxel_mm3, tolerance, reference_dose_gy,
-                                         None if calibration is None else calibration.margins_for(name, kind)))
-    return CaseQA(case, reference_dose_gy, tolerance, tuple(out), None if calibration is None else calibration.summary())
+                                         voxel_mm3, tolerance, reference_dose_gy, margins, organ_flag_metrics))
+    return CaseQA(case, reference_dose_gy, tolerance, tuple(out), None if calibration is None else calibration.summary(),
+                  organ_flag_metrics)
 
 
 KEEP = object()   # with_tolerance: keep the case's margins
 
 
-def with_tolerance(case_qa: CaseQA, tolerance: Tolerance, calibration=KEEP) -> CaseQA:
-    """The case's QA at another tolerance (and, given `calibration`, with its margins; None: without),
-    from the same clinical values, predictions and intervals."""
+def with_tolerance(case_qa: CaseQA, tolerance: Tolerance, calibration=KEEP, organ_flag_metrics=None) -> CaseQA:
+    """The case's QA at another tolerance (and, given `calibration`, with its margins; None: without), on
+    other organ flag metrics when given (with a calibration: its own), from the same clinical values,
+    predictions and intervals."""
+    if organ_flag_metrics is None:
+        organ_flag_metrics = case_qa.organ_flag_metrics if calibration is KEEP or calibration is None \
+            else calibration.organ_flag_metrics
+    if calibration is KEEP and tuple(organ_flag_metrics) != case_qa.organ_flag_metrics:
+        raise NndoseError("other organ flag metrics need their own calibration (or None)")
+    organ_flag_metrics = _flag_metrics_of(None if calibration is KEEP else calibration, organ_flag_metrics)
     structures = []
     for s in case_qa.structures:
         specs = {m.name: m for m in METRICS[s.kind]}
+        flags = flag_specs(s.kind, organ_flag_metrics)
         if calibration is KEEP:
             margins = {m.name: m.margin for m in s.metrics}
         else:
-            margins = (calibration.margins_for(s.name, s.kind) if calibration else None) or {}
+            margins = (calibration.margins_for(s.name, s.kind, case_qa.reference_dose_gy) if calibration else None) or {}
         structures.append(StructureQA(s.name, s.kind, tuple(
             compare_metric(specs[m.name], m.clinical, m.predicted, [m.lower, m.upper],
-                           tolerance.for_unit(m.unit, case_qa.reference_dose_gy), margins.get(m.name))
+                           tolerance.for_unit(m.unit, case_qa.reference_dose_gy), margins.get(m.name),
+                           specs[m.name] in flags)
             for m in s.metrics)))
     summary = case_qa.calibration if calibration is KEEP else (None if calibration is None else calibration.summary())
-    return CaseQA(case_qa.case, case_qa.reference_dose_gy, tolerance, tuple(structures), summary)
+    return CaseQA(case_qa.case, case_qa.reference_dose_gy, tolerance, tuple(structures), summary, organ_flag_metrics)
 
 
 def rank_cases(case_qas: list[CaseQA]) -> list[CaseQA]:

@@ -15,7 +15,7 @@ import numpy as np
 from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write_text
 from nndose.qa.calibration import basis_in_words
-from nndose.qa.compare import CaseQA, ensemble_mean, rank_cases
+from nndose.qa.compare import CaseQA, ensemble_mean, flag_metrics_in_words, rank_cases
 from nndose.qa.figures import dvh_png, slice_png
 
 FLAG_COLOR = "#ffc8c8"  # background of a flagged row
@@ -62,7 +62,8 @@ def _metrics_table(case_qa: CaseQA) -> str:
     rows = [_row([escape(s.name), escape(s.kind), escape(m.name), m.unit, f"{m.clinical:.2f}", f"{m.predicted:.2f}",
                   f"{m.lower:.2f} - {m.upper:.2f}", f"{m.excess:+.2f}", f"{m.tolerance:.2f}",
                   "" if m.margin is None else f"{m.margin:.2f}",
-                  "higher" if m.higher_is_worse else "lower", "yes" if m.flagged else "no"],
+                  "higher" if m.higher_is_worse else "lower",
+                  ("yes" if m.flagged else "no") if m.can_flag else "shown only"],
                  m.flagged, numeric=(4, 5, 6, 7, 8, 9))
             for s in case_qa.structures for m in s.metrics]
     return _table(["structure", "kind", "metric", "unit", "clinical", "predicted", "fold interval",
@@ -72,7 +73,7 @@ def _metrics_table(case_qa: CaseQA) -> str:
 def _rule_paragraph(case_qa: CaseQA) -> str:
     """The flag rule in words, with the tolerance and what the margins were learnt on."""
     tol, cal = case_qa.tolerance, case_qa.calibration
-    text = (f"A value is flagged when it is worse than the ensemble prediction by more than the tolerance "
+    text = (f"Flagged: {flag_metrics_in_words(case_qa.organ_flag_metrics)}. A value is flagged when it is worse than the ensemble prediction by more than the tolerance "
             f"({tol.gy:g} Gy or {tol.percent:g} % of the reference dose, whichever is smaller; "
             f"{tol.percent:g} percentage points for V-x), lies outside the folds' interval")
     if cal:

@@ -23,7 +23,8 @@ from nndose.io.atomic import remove_stale_temporaries, replace_path, staging_are
 from nndose.io.layout import QA_CASE_REPORT, QA_CASES_DIR, QA_INDEX, QA_TABLE_JSON, check_case_name
 from nndose.io.raw_dataset import RawCase, check_case_files, load_case, structure_names
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM, Calibration, calibrate, fewest_structures, validation_cases
-from nndose.qa.compare import KIND_NAMES, CaseQA, Tolerance, compare_case, ensemble_mean
+from nndose.qa.compare import (DEFAULT_ORGAN_FLAG_METRICS, KIND_NAMES, CaseQA, Tolerance, check_flag_metrics,
+                               compare_case, ensemble_mean)
 from nndose.qa.report import write_case_report, write_cohort_report
 from nndose.qa.tables import write_case_outputs, write_cohort_outputs
 
@@ -37,17 +38,18 @@ def fold_doses_gy(predictor: DosePredictor, case: RawCase) -> list[np.ndarray]:
     return doses
 
 
-def model_calibration(predictor: DosePredictor, false_alarm: float | None = DEFAULT_FALSE_ALARM) -> Calibration | None:
+def model_calibration(predictor: DosePredictor, false_alarm: float | None = DEFAULT_FALSE_ALARM,
+                      organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> Calibration | None:
     """The margins learnt on the validation cases of the predictor's folds; None without them (the 'all'
     fold, a model trained before validation kept its DVH points) or when false_alarm is None."""
     if false_alarm is None:
         return None
     cases = validation_cases(predictor.model_dir, predictor.folds)
-    return None if cases is None else calibrate(cases, false_alarm)
+    return None if cases is None else calibrate(cases, false_alarm, organ_flag_metrics)
 
 
 def calibration_from_cases(predictor: DosePredictor, case_dirs: list[Path], false_alarm: float = DEFAULT_FALSE_ALARM,
-                           progress: bool = True) -> Calibration | None:
+                           progress: bool = True, organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> Calibration | None:
     """Margins learnt on held-out plans the model never trained on (a calibration set, e.g. for the 'all'
     fold): each predicted as plan QA predicts and scored against its planned dose; None when they are
     too few for the false alarm rate."""
@@ -55,19 +57,19 @@ def calibration_from_cases(predictor: DosePredictor, case_dirs: list[Path], fals
     for case_dir in tqdm(case_dirs, desc="calibration", unit="case", disable=not progress):
         case = load_case(case_dir, predictor.info, require_dose=True)
         scored.append(score_case(case, ensemble_mean(fold_doses_gy(predictor, case)), predictor.info))
-    calibration = calibrate(dvh_points_without_names(scored), false_alarm)
+    calibration = calibrate(dvh_points_without_names(scored), false_alarm, organ_flag_metrics)
     return None if calibration is None else replace(calibration, source="calibration cases")
 
 
-def qa_case(predictor: DosePredictor, case: RawCase, tolerance: Tolerance,
-            calibration: Calibration | None = None) -> tuple[CaseQA, list[np.ndarray]]:
+def qa_case(predictor: DosePredictor, case: RawCase, tolerance: Tolerance, calibration: Calibration | None = None,
+            organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> tuple[CaseQA, list[np.ndarray]]:
     """The QA of one case carrying its clinical dose, and the folds' predictions it rests on."""
     if case.dose is None:
         raise NndoseError(f"{case.name}: no dose.nii.gz: plan QA compares the clinical plan's dose with the prediction")
     folds = fold_doses_gy(predictor, case)
     prescriptions = {p.structure: p.dose_gy for p in case.plan.prescriptions}
     return compare_case(case.name, case.dose, folds, case.structures, predictor.info.structures, prescriptions,
-                        case.grid.voxel_volume_mm3, tolerance, calibration), folds
+                        case.grid.voxel_volume_mm3, tolerance, calibration, organ_flag_metrics), folds
 
 
 def _check_report_folder(out_dir: Path, inputs: list[Path]) -> None:
@@ -107,12 +109,14 @@ def _structures_by_kind(case_dirs: list[Path], predictor: DosePredictor) -> dict
 
 def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tolerance: Tolerance = Tolerance(),
             progress: bool = True, false_alarm: float | None = DEFAULT_FALSE_ALARM,
-            calibration_dirs: list[Path] = ()) -> list[CaseQA]:
-    """QA of every case folder (each with its clinical dose.nii.gz) into the report folder out_dir. The
-    flags are calibrated for `false_alarm` on `calibration_dirs` (plans the model never trained on) when
-    given, else on the folds' validation cases (false_alarm None: tolerance and interval only). Every
-    input is checked before the first prediction."""
+            calibration_dirs: list[Path] = (), organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> list[CaseQA]:
+    """QA of every case folder (each with its clinical dose.nii.gz) into the report folder out_dir. Organs
+    are flagged on `organ_flag_metrics` (qa.compare), targets on all their metrics. The flags are
+    calibrated for `false_alarm` on `calibration_dirs` (plans the model never trained on) when given,
+    else on the folds' validation cases (false_alarm None: tolerance and interval only). Every input is
+    checked before the first prediction."""
     out_dir = Path(out_dir)
+    organ_flag_metrics = check_flag_metrics(organ_flag_metrics)
     _check_report_folder(out_dir, [*case_dirs, *calibration_dirs])
     names = check_qa_inputs(case_dirs, predictor)
     if calibration_dirs:
@@ -127,17 +131,17 @@ def plan_qa(case_dirs: list[Path], out_dir: Path, predictor: DosePredictor, tole
         if max(counts.values(), default=0) < fewest:   # known before predicting them
             held = " and ".join(f"{n} {k}" for k, n in counts.items()) or "no structure to check"
             raise NndoseError(f"{too_few}: they hold {held}, and a kind needs at least {fewest}")
-        calibration = calibration_from_cases(predictor, calibration_dirs, false_alarm, progress)
+        calibration = calibration_from_cases(predictor, calibration_dirs, false_alarm, progress, organ_flag_metrics)
         if calibration is None:
             raise NndoseError(too_few)
     else:
-        calibration = model_calibration(predictor, false_alarm)
+        calibration = model_calibration(predictor, false_alarm, organ_flag_metrics)
     remove_stale_temporaries(out_dir.parent, out_dir.name)
     results = []
     with staging_area(out_dir.parent, f"{out_dir.name}.qa") as stage:
         for case_dir in tqdm(case_dirs, desc="plan QA", unit="case", disable=not progress):
             case = load_case(case_dir, predictor.info, require_dose=True)
-            qa, folds = qa_case(predictor, case, tolerance, calibration)
+            qa, folds = qa_case(predictor, case, tolerance, calibration, organ_flag_metrics)
             folder = stage / QA_CASES_DIR / case.name
             write_case_outputs(qa, folder)
             write_case_report(qa, case.dose, folds, case.structures, case.ct, folder / QA_CASE_REPORT)

@@ -137,3 +137,43 @@ def test_couch_rotation_makes_a_non_coplanar_beam_along_the_cranio_caudal_axis()
     entry_first = axis[0] > axis[-1]   # whichever face the source is on, dose falls with depth past the build-up
     profile = axis if entry_first else axis[::-1]
     assert np.all(np.diff(profile[4:]) < 0)
+
+
+def test_one_beam_channel_per_delivery_sums_to_the_single_channel():
+    """A plan with a coplanar beam, a couch-turned beam and an arc: its three delivery channels are the
+    single channel's parts (each the channel of its directions alone, on the single channel's scale),
+    and sum to it; a delivery the plan does not use is zero."""
+    from nndose.geometry.beams import directions_by_delivery
+    from nndose.plans import BeamChannelSettings
+    from nndose.preprocessing.channels import beam_channels
+    grid = _grid(n=31, nz=31, sp=5.0)
+    x, y, z = _xyz(grid)
+    body = (np.abs(x) <= 70) & (np.abs(y) <= 70) & (np.abs(z) <= 70)
+    ct = np.where(body, 0.0, -1000.0).astype(np.float32)
+    target = (np.abs(x) <= 12) & (np.abs(y) <= 12) & (np.abs(z) <= 12)
+    plan = parse_plan({"site": "s", "modality": "VMAT", "machine": {"name": "m", "sad_mm": 1000, "energy_mv": 6},
+                       "prescriptions": [{"structure": "P", "dose_gy": 2, "fractions": 1}], "isocenter_mm": [0, 0, 0],
+                       "beams": [{"gantry_deg": 90}, {"gantry_deg": 30, "couch_deg": 270}],
+                       "arcs": [{"gantry_start_deg": 0, "gantry_stop_deg": 90}]})
+    groups = directions_by_delivery(plan, 10.0)
+    assert [len(groups[d]) for d in ("static", "arc", "noncoplanar")] == [1, 9, 1]
+    settings = BeamChannelSettings(True, 10.0, 5.0, 3.0, 2.0)
+    channels = beam_channels(ct, grid, body, plan, target, settings)
+    single = beam_geometry_channel(ct, grid, target, plan_directions(plan, 10.0), (0, 0, 0), 1000.0, 6.0,
+                                   5.0, 3.0, 2.0, within=body) * body
+    assert channels["beam_dose"] == pytest.approx(single, abs=1e-5)
+    assert channels["beam_dose"][target].mean() == pytest.approx(1.0)
+    parts = [channels[f"beam_dose_{d}"] for d in ("static", "arc", "noncoplanar")]
+    assert sum(parts) == pytest.approx(channels["beam_dose"], abs=1e-5)
+    # each part: its directions' unnormalized channel on the single channel's scale (mean 1 in the target)
+    raw = [beam_geometry_channel(ct, grid, target, groups[d], (0, 0, 0), 1000.0, 6.0, 5.0, 3.0, 2.0, within=body,
+                                 normalize=False) * body for d in ("static", "arc", "noncoplanar")]
+    scale = sum(raw)[target].mean()
+    for part, alone in zip(parts, raw):
+        assert part.max() > 0 and part == pytest.approx(alone / scale, abs=1e-5)
+    arcs_only = parse_plan({"site": "s", "modality": "VMAT", "machine": {"name": "m", "sad_mm": 1000, "energy_mv": 6},
+                            "prescriptions": [{"structure": "P", "dose_gy": 2, "fractions": 1}],
+                            "isocenter_mm": [0, 0, 0], "beams": [], "arcs": [{"gantry_start_deg": 0, "gantry_stop_deg": 90}]})
+    only = beam_channels(ct, grid, body, arcs_only, target, settings)
+    assert not only["beam_dose_static"].any() and not only["beam_dose_noncoplanar"].any()
+    assert only["beam_dose_arc"] == pytest.approx(only["beam_dose"])

@@ -123,6 +123,21 @@ def test_plan_configurations_channels_and_normalization():
     assert "beam_dose" not in no_beam.configuration("3d_fullres").channels
 
 
+def test_one_beam_channel_per_delivery_when_asked_and_the_dataset_mixes_them():
+    info = DatasetInfo("X", {"PTV": "target", "Cord": "oar", "Body": "body"})
+
+    def beams(per_case):   # the beam channels planned for cases with these deliveries
+        fp = {**_fingerprint((90, 64, 115), n=len(per_case)), "cases": [{"deliveries": list(d)} for d in per_case]}
+        plans = plan_experiment(fp, info, PlannerOptions(beam_per_delivery=True))
+        assert [c for c in plan_experiment(fp, info).configuration("3d_fullres").channels
+                if c.startswith("beam")] == ["beam_dose"]   # not asked for: one channel
+        return [c for c in plans.configuration("3d_fullres").channels if c.startswith("beam")]
+    assert beams([["static"], ["static"]]) == ["beam_dose"]                       # one delivery: one channel
+    assert beams([["arc"], ["static", "noncoplanar"]]) == ["beam_dose_static", "beam_dose_arc", "beam_dose_noncoplanar"]
+    assert beams([["static"], ["arc"]]) == ["beam_dose_static", "beam_dose_arc"]
+    assert beams([{}, {}]) == ["beam_dose"]    # a fingerprint from before deliveries were recorded
+
+
 def test_lowres_appears_for_large_images():
     info = DatasetInfo("X", {"PTV": "target", "Body": "body"})
     plans = plan_experiment(_fingerprint((300, 512, 512), (1.0, 1.0, 1.0)), info)

@@ -77,10 +77,33 @@ def test_plan_and_preprocess_template(template_dataset, nndose_env, capsys):
     body = data[channels.index("body")] > 0
     beam = data[channels.index("beam_dose")]
     assert beam[~body].max() == 0 and beam[rx == 1].mean() > beam[body & (rx == 0)].mean()
+    # the case mixes a coplanar beam, a couch-turned beam and an arc (--beam_per_delivery splits them)
+    assert fp["cases"][0]["deliveries"] == ["static", "arc", "noncoplanar"]
     assert np.all(dose[0][~body] == 0)
     # CT normalization from the fingerprint
     norm = plans["ct_normalization"]
     assert data[0].max() <= (norm["clip_high"] - norm["mean"]) / norm["std"] + 1e-4
+
+
+def test_beam_per_delivery_channels_sum_to_the_single_beam_channel(template_dataset, nndose_env, capsys):
+    """--beam_per_delivery on the template case (a coplanar beam, a couch-turned beam, an arc): three
+    beam channels, each inside the body, whose sum is the default plan's beam channel."""
+    pre = nndose_env["nndose_preprocessed"] / "Dataset000_Template"
+
+    def preprocessed(*options):
+        code, _, err = run_command(plan_main, ["-d", "0", "-np", "1", *options], capsys)
+        assert code == 0, err
+        conf = json.loads((pre / "nndosePlans.json").read_text())["configurations"]["3d_fullres"]
+        data, _, _ = load_case(pre / conf["data_identifier"], "case_000", mmap=False)
+        return conf["channels"], np.asarray(data)
+    channels, single = preprocessed()
+    beam, body = single[channels.index("beam_dose")], single[channels.index("body")] > 0
+    channels, split = preprocessed("--beam_per_delivery")
+    deliveries = ["beam_dose_static", "beam_dose_arc", "beam_dose_noncoplanar"]
+    assert channels[-3:] == deliveries and "beam_dose" not in channels
+    parts = [split[channels.index(d)] for d in deliveries]
+    assert all(p[body].max() > 0 and p[~body].max() == 0 for p in parts)
+    assert sum(parts) == pytest.approx(beam, abs=1e-4)
 
 
 def test_bad_case_leaves_no_preprocessed_output(template_dataset, nndose_env, capsys):

@@ -102,6 +102,10 @@ def test_calibration_values_must_be_numbers():
         case["structures"]["Rectum"]["planned"]["Dmean"] = bad
         with pytest.raises(NndoseError, match="Rectum Dmean planned is .* not a finite number"):
             calibrate([case] * 30)
+    for bad, message in ((None, "the reference dose is None, not a finite number"), (0.0, "reference dose is 0.0 Gy, not positive")):
+        case = {**_case({"Rectum": ("oar", {})}), "reference_dose_gy": bad}
+        with pytest.raises(NndoseError, match=message):
+            calibrate([case] * 30)
 
 
 def test_too_few_cases_leave_the_flags_uncalibrated():

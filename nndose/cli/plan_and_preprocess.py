@@ -21,6 +21,8 @@ def _main(argv) -> None:
                     help="GPU memory budget in GB (default 8)")
     ap.add_argument("--verify", action="store_true", help="verify the raw dataset first")
     ap.add_argument("--no_beam_channels", action="store_true", help="plan without beam-geometry channels (ablation)")
+    ap.add_argument("--beam_per_delivery", action="store_true",
+                    help="one beam channel per delivery (static beams, arcs, couch-turned) when the plans mix them")
     ap.add_argument("--plan_only", action="store_true", help="fingerprint and plan, do not preprocess")
     ap.add_argument("--base_features", type=int, default=_DEFAULTS.base_features, help="features of the first stage (default 32)")
     ap.add_argument("--max_features", type=int, default=_DEFAULTS.max_features, help="feature cap (default 320)")
@@ -31,6 +33,7 @@ def _main(argv) -> None:
     ap.add_argument("--network", default=_DEFAULTS.network, help="network class (ResEncUNet or PlainConvUNet)")
     args = ap.parse_args(argv)
     options = PlannerOptions(gpu_memory_target_gb=args.gpu_memory_target, beam_channels=not args.no_beam_channels,
+                             beam_per_delivery=args.beam_per_delivery,
                              base_features=args.base_features, max_features=args.max_features,
                              encoder_blocks=tuple(args.encoder_blocks), max_patch=args.max_patch, max_batch=args.max_batch,
                              network=args.network)

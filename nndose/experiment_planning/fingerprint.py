@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from nndose.errors import NndoseError
+from nndose.geometry.beams import directions_by_delivery
 from nndose.io.layout import TRAIN_DIR
 from nndose.io.raw_dataset import DatasetInfo, list_cases, load_case, load_dataset_json
 from nndose.parallel import map_with_progress
@@ -37,6 +38,7 @@ def case_fingerprint(case_dir: Path, info: DatasetInfo, crop_margin_mm: float) -
             "gantry_deg": [b.gantry_deg for b in p.beams],
             "arcs": [[a.gantry_start_deg, a.gantry_stop_deg, a.direction] for a in p.arcs],
             "non_coplanar": p.non_coplanar,
+            "deliveries": [d for d, directions in directions_by_delivery(p).items() if directions],
             "structure_volumes_cc": {n: float(m.sum() * voxel_cc) for n, m in case.structures.items()}}
 
 

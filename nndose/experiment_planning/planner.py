@@ -11,6 +11,9 @@ Rules, in the spirit of nnU-Net:
   made divisible by the pooling, and shrinks along its largest axis (relative to the image) until the
   memory estimate of the real network (memory_estimate.py) for batch size 2 fits the budget;
 - batch size: as many samples as fit the budget, at most 5 % of the dataset's voxels, at least 2;
+- channels: CT, prescription, organs, body and the beam geometry; with beam_per_delivery (opt-in, measured
+  only on phantoms whose dose comes from the beam channel's own rasterizer) one beam channel per delivery
+  (static, arc, non-coplanar) when the dataset's plans mix them;
 - 3d_lowres exists only when the image is over 4x the patch volume; 3d_cascade_fullres is the
   dose-mask cascade: 3d_fullres plus N dose masks from a first-stage prediction.
 """
@@ -28,7 +31,8 @@ from nndose.io.raw_dataset import DatasetInfo
 from nndose.networks import network_class
 from nndose.plans import (DOSE_MASK_PREFIX, Architecture, BeamChannelSettings, Configuration, CTNormalization, Plans,
                           TrainingRecipe)
-from nndose.preprocessing.channels import organ_channel
+from nndose.geometry.beams import DELIVERIES
+from nndose.preprocessing.channels import BEAM_CHANNEL, delivery_channel, organ_channel
 
 MIN_FEATURE_MAP = 4
 MAX_STAGES = 6
@@ -41,6 +45,7 @@ class PlannerOptions:
     batches make a CPU plan (see CPU_PLANNER below)."""
     gpu_memory_target_gb: float = 8.0
     beam_channels: bool = True
+    beam_per_delivery: bool = False   # one beam channel per delivery when the plans mix them (opt-in, below)
     base_features: int = 32
     max_features: int = 320
     encoder_blocks: tuple[int, ...] = (1, 3, 4, 6, 6, 6, 6)
@@ -146,9 +151,21 @@ def memory_gb(arch: Architecture, n_in: int, patch, batch: int) -> float:
     return round(estimate_training_bytes(arch, n_in, patch, batch) / 2 ** 30, 3)
 
 
-def input_channels(info: DatasetInfo, beam_channels: bool = True) -> list[str]:
+def deliveries(fingerprint: dict) -> list[str]:
+    """The deliveries (geometry.beams.DELIVERIES: coplanar static beams, coplanar arcs, anything with
+    the couch turned) the dataset's plans use; none known from a fingerprint written before they were
+    recorded."""
+    used = {d for c in fingerprint.get("cases", []) for d in c.get("deliveries", ())}
+    return [d for d in DELIVERIES if d in used]
+
+
+def input_channels(info: DatasetInfo, beam_channels: bool = True, used_deliveries=()) -> list[str]:
+    """CT, prescription, organs, body, and the beam geometry: one channel, or one per delivery when the
+    dataset mixes them (its plans' arcs modulate differently from static beams, and a couch-turned
+    beam would be one of many in a sum)."""
+    beams = [delivery_channel(d) for d in used_deliveries] if len(used_deliveries) > 1 else [BEAM_CHANNEL]
     return (["ct", "prescription"] + [organ_channel(o) for o in info.organs] + ["body"]
-            + (["beam_dose"] if beam_channels else []))
+            + (beams if beam_channels else []))
 
 
 def plan_experiment(fingerprint: dict, info: DatasetInfo, options: PlannerOptions = PlannerOptions(),
@@ -159,7 +176,8 @@ def plan_experiment(fingerprint: dict, info: DatasetInfo, options: PlannerOption
               for s, sp in zip(fingerprint["cropped_shapes_zyx"], fingerprint["spacings_zyx"])]
     median_shape = np.median(shapes, axis=0)
     dataset_voxels = float(sum(np.prod(s) for s in shapes))
-    channels = input_channels(info, options.beam_channels)
+    channels = input_channels(info, options.beam_channels,
+                              deliveries(fingerprint) if options.beam_per_delivery else ())
     budget = int(options.gpu_memory_target_gb * 2 ** 30)
     full_id = f"{plans_name}_3d_fullres"
     full = plan_configuration("3d_fullres", full_id, channels, spacing, median_shape, budget, dataset_voxels, options)

@@ -65,3 +65,17 @@ def plan_directions(plan: TreatmentPlan, arc_step_deg: float = 10.0) -> list[Bea
     for arc in plan.arcs:
         dirs += arc_directions(arc, arc_step_deg)
     return dirs
+
+
+DELIVERIES = ("static", "arc", "noncoplanar")   # coplanar static beams, coplanar arcs, anything with the couch turned
+
+
+def directions_by_delivery(plan: TreatmentPlan, arc_step_deg: float = 10.0) -> dict[str, list[BeamDirection]]:
+    """plan_directions grouped by delivery (DELIVERIES), each group possibly empty."""
+    out: dict[str, list[BeamDirection]] = {d: [] for d in DELIVERIES}
+    for b in plan.beams:
+        out["static" if b.couch_deg == 0 else "noncoplanar"].append(BeamDirection(b.gantry_deg, b.couch_deg,
+                                                                                  b.collimator_deg, 1.0))
+    for arc in plan.arcs:
+        out["arc" if arc.couch_deg == 0 else "noncoplanar"] += arc_directions(arc, arc_step_deg)
+    return out

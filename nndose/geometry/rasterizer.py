@@ -183,10 +183,12 @@ def project_beam(density: np.ndarray, grid: Grid, frame: BeamFrame, bev: BevGrid
 
 def beam_geometry_channel(ct_hu: np.ndarray, grid: Grid, target_mask: np.ndarray, directions: list[BeamDirection],
                           isocenter_mm, sad_mm: float, energy_mv: float, margin_mm: float = 5.0,
-                          penumbra_mm: float = 3.0, pixel_mm: float = 2.0, within: np.ndarray | None = None) -> np.ndarray:
+                          penumbra_mm: float = 3.0, pixel_mm: float = 2.0, within: np.ndarray | None = None,
+                          normalize: bool = True) -> np.ndarray:
     """Pseudo-dose of unmodulated fields conformed to the targets' BEV, summed over beam directions.
 
-    Normalized to a mean of 1 inside the targets, so the channel is comparable across cases.
+    Normalized to a mean of 1 inside the targets (unless `normalize` is False), so the channel is
+    comparable across cases.
     `within` (e.g. the body): dose only there, zero elsewhere, and rays traced from where they enter
     it (matter outside, such as the couch, does not attenuate); several times faster. Rays are
     sampled every voxel spacing: the channel differs by < 1 % of its target mean from half-voxel steps.
@@ -206,5 +208,7 @@ def beam_geometry_channel(ct_hu: np.ndarray, grid: Grid, target_mask: np.ndarray
         proj = project_beam(density, grid, frame, bev, energy_mv, points, flat_index, step_fraction=1.0)
         fluence = aperture(bev, splat(bev, u, v), margin_mm, penumbra_mm)
         total += direction.weight * proj.deposit(fluence, ct_hu.shape)
+    if not normalize:
+        return total
     mean_in_target = float(total[target_mask].mean()) if target_mask.any() else 0.0
     return total / mean_in_target if mean_in_target > 0 else total

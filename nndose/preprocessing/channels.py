@@ -1,9 +1,10 @@
-"""Input channels by name: ct, prescription, one per organ, body, beam_dose; and their padding."""
+"""Input channels by name: ct, prescription, one per organ, body, beam_dose (or one beam channel per
+delivery, beam_dose_static / _arc / _noncoplanar, which sum to it); and their padding."""
 from __future__ import annotations
 
 import numpy as np
 
-from nndose.geometry.beams import plan_directions
+from nndose.geometry.beams import DELIVERIES, directions_by_delivery
 from nndose.geometry.rasterizer import beam_geometry_channel
 from nndose.io.plan_file import TreatmentPlan
 from nndose.io.volumes import Grid
@@ -30,6 +31,27 @@ def organ_channel(organ: str) -> str:
     return f"{ORGAN_PREFIX}{organ}"
 
 
+BEAM_CHANNEL = "beam_dose"
+
+
+def delivery_channel(delivery: str) -> str:
+    return f"{BEAM_CHANNEL}_{delivery}"
+
+
+def beam_channels(ct_hu: np.ndarray, grid: Grid, body: np.ndarray, plan: TreatmentPlan, target_union: np.ndarray,
+                  beam: BeamChannelSettings) -> dict[str, np.ndarray]:
+    """beam_dose (every direction, mean 1 in the targets) and each delivery's share of it."""
+    raw = {d: beam_geometry_channel(ct_hu, grid, target_union, dirs, plan.isocenter_mm, plan.machine.sad_mm,
+                                    plan.machine.energy_mv, beam.margin_mm, beam.penumbra_mm, beam.pixel_mm,
+                                    within=body, normalize=False) * body
+           for d, dirs in directions_by_delivery(plan, beam.arc_step_deg).items()}
+    total = sum(raw.values())
+    mean_in_target = float(total[target_union].mean()) if target_union.any() else 0.0
+    scale = 1.0 / mean_in_target if mean_in_target > 0 else 1.0
+    return {BEAM_CHANNEL: (total * scale).astype(np.float32),
+            **{delivery_channel(d): (raw[d] * scale).astype(np.float32) for d in DELIVERIES}}
+
+
 def build_channels(names, ct_hu: np.ndarray, grid: Grid, structures: dict[str, np.ndarray], body: np.ndarray,
                    plan: TreatmentPlan, targets: list[str], ct_norm: CTNormalization,
                    beam: BeamChannelSettings) -> np.ndarray:
@@ -39,6 +61,7 @@ def build_channels(names, ct_hu: np.ndarray, grid: Grid, structures: dict[str, n
     for t in targets:
         if t in structures:
             target_union |= structures[t]
+    beams = None
     for i, name in enumerate(names):
         if name == "ct":
             out[i] = normalize_ct(ct_hu, ct_norm)
@@ -46,11 +69,11 @@ def build_channels(names, ct_hu: np.ndarray, grid: Grid, structures: dict[str, n
             out[i] = prescription_map(structures, plan, ct_hu.shape)
         elif name == "body":
             out[i] = body
-        elif name == "beam_dose":
-            directions = plan_directions(plan, beam.arc_step_deg)
-            out[i] = beam_geometry_channel(ct_hu, grid, target_union, directions, plan.isocenter_mm,
-                                           plan.machine.sad_mm, plan.machine.energy_mv, beam.margin_mm,
-                                           beam.penumbra_mm, beam.pixel_mm, within=body) * body
+        elif name.startswith(BEAM_CHANNEL):
+            beams = beams or beam_channels(ct_hu, grid, body, plan, target_union, beam)
+            if name not in beams:
+                raise ValueError(f"unknown channel {name!r}")
+            out[i] = beams[name]
         elif name.startswith(ORGAN_PREFIX):
             organ = name[len(ORGAN_PREFIX):]
             if organ in structures:

@@ -51,10 +51,10 @@ def qa_step(raw: Path, seed: int, n_phantoms: int, predictor: DosePredictor, wor
     report = work / "plan_qa"
     qas = {q.case: q for q in plan_qa(list_cases(plans.parent, plans.name), report, predictor, progress=False,
                                       calibration_dirs=calibration_plans(n_phantoms, seed, work / "calibration_plans"))}
-    false_alarm = next(iter(qas.values())).calibration["false_alarm"]
+    first = next(iter(qas.values()))
     lines = [f"margins learnt on {CALIBRATION_PLANS} further phantoms the model never saw, "
-             f"for at most {100 * false_alarm:g} % of organs of well-made plans flagged; "
-             f"flagged: {flag_metrics_in_words(next(iter(qas.values())).organ_flag_metrics)}"]
+             f"for at most {100 * first.calibration['false_alarm']:g} % of organs of well-made plans flagged; "
+             f"flagged: {flag_metrics_in_words(first.organ_flag_metrics)}"]
     if chosen is not None:
         name, worse = chosen
         found = qas[name].flagged_organs

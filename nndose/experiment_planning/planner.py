@@ -27,11 +27,11 @@ import numpy as np
 from nndose import __version__
 from nndose.errors import NndoseError
 from nndose.experiment_planning.memory_estimate import estimate_training_bytes
+from nndose.geometry.beams import DELIVERIES
 from nndose.io.raw_dataset import DatasetInfo
 from nndose.networks import network_class
 from nndose.plans import (DOSE_MASK_PREFIX, Architecture, BeamChannelSettings, Configuration, CTNormalization, Plans,
                           TrainingRecipe)
-from nndose.geometry.beams import DELIVERIES
 from nndose.preprocessing.channels import BEAM_CHANNEL, delivery_channel, organ_channel
 
 MIN_FEATURE_MAP = 4

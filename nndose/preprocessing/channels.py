@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nndose.geometry.beams import DELIVERIES, directions_by_delivery
-from nndose.geometry.rasterizer import beam_geometry_channel
+from nndose.geometry.rasterizer import beam_geometry_parts, target_mean
 from nndose.io.plan_file import TreatmentPlan
 from nndose.io.volumes import Grid
 from nndose.plans import ORGAN_PREFIX, BeamChannelSettings, CTNormalization
@@ -40,16 +40,13 @@ def delivery_channel(delivery: str) -> str:
 
 def beam_channels(ct_hu: np.ndarray, grid: Grid, body: np.ndarray, plan: TreatmentPlan, target_union: np.ndarray,
                   beam: BeamChannelSettings) -> dict[str, np.ndarray]:
-    """beam_dose (every direction, mean 1 in the targets) and each delivery's share of it."""
-    raw = {d: beam_geometry_channel(ct_hu, grid, target_union, dirs, plan.isocenter_mm, plan.machine.sad_mm,
-                                    plan.machine.energy_mv, beam.margin_mm, beam.penumbra_mm, beam.pixel_mm,
-                                    within=body, normalize=False) * body
-           for d, dirs in directions_by_delivery(plan, beam.arc_step_deg).items()}
-    total = sum(raw.values())
-    mean_in_target = float(total[target_union].mean()) if target_union.any() else 0.0
-    scale = 1.0 / mean_in_target if mean_in_target > 0 else 1.0
-    return {BEAM_CHANNEL: (total * scale).astype(np.float32),
-            **{delivery_channel(d): (raw[d] * scale).astype(np.float32) for d in DELIVERIES}}
+    """beam_dose (every direction, mean 1 in the targets) and each delivery's share of it, on its scale."""
+    parts = beam_geometry_parts(ct_hu, grid, target_union, directions_by_delivery(plan, beam.arc_step_deg),
+                                plan.isocenter_mm, plan.machine.sad_mm, plan.machine.energy_mv, beam.margin_mm,
+                                beam.penumbra_mm, beam.pixel_mm, within=body)
+    scale = target_mean(sum(parts[d] for d in DELIVERIES), target_union)
+    channels = {delivery_channel(d): parts[d] * body / scale for d in DELIVERIES}
+    return {BEAM_CHANNEL: sum(channels.values()), **channels}
 
 
 def build_channels(names, ct_hu: np.ndarray, grid: Grid, structures: dict[str, np.ndarray], body: np.ndarray,

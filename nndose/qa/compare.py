@@ -299,15 +299,14 @@ KEEP = object()   # with_tolerance: keep the case's margins
 
 
 def with_tolerance(case_qa: CaseQA, tolerance: Tolerance, calibration=KEEP, organ_flag_metrics=None) -> CaseQA:
-    """The case's QA at another tolerance (and, given `calibration`, with its margins; None: without), on
-    other organ flag metrics when given (with a calibration: its own), from the same clinical values,
-    predictions and intervals."""
-    if organ_flag_metrics is None:
-        organ_flag_metrics = case_qa.organ_flag_metrics if calibration is KEEP or calibration is None \
-            else calibration.organ_flag_metrics
-    if calibration is KEEP and tuple(organ_flag_metrics) != case_qa.organ_flag_metrics:
+    """The case's QA at another tolerance (and, given `calibration`, with its margins; None: without), from
+    the same clinical values, predictions and intervals. Organ flag metrics: a given calibration's, else
+    `organ_flag_metrics` (default: the case's; other ones than the case's need a calibration or None)."""
+    learnt = None if calibration is KEEP or calibration is None else calibration
+    default = learnt.organ_flag_metrics if learnt else case_qa.organ_flag_metrics
+    organ_flag_metrics = _flag_metrics_of(learnt, organ_flag_metrics or default)
+    if calibration is KEEP and organ_flag_metrics != case_qa.organ_flag_metrics:
         raise NndoseError("other organ flag metrics need their own calibration (or None)")
-    organ_flag_metrics = _flag_metrics_of(None if calibration is KEEP else calibration, organ_flag_metrics)
     structures = []
     for s in case_qa.structures:
         specs = {m.name: m for m in METRICS[s.kind]}

@@ -73,7 +73,8 @@ def _metrics_table(case_qa: CaseQA) -> str:
 def _rule_paragraph(case_qa: CaseQA) -> str:
     """The flag rule in words, with the tolerance and what the margins were learnt on."""
     tol, cal = case_qa.tolerance, case_qa.calibration
-    text = (f"Flagged: {flag_metrics_in_words(case_qa.organ_flag_metrics)}. A value is flagged when it is worse than the ensemble prediction by more than the tolerance "
+    text = (f"Flagged: {flag_metrics_in_words(case_qa.organ_flag_metrics)}. A value is flagged when it is worse "
+            f"than the ensemble prediction by more than the tolerance "
             f"({tol.gy:g} Gy or {tol.percent:g} % of the reference dose, whichever is smaller; "
             f"{tol.percent:g} percentage points for V-x), lies outside the folds' interval")
     if cal:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from nndose.cli.common import OneLineParser
 from nndose.datasets.phantoms import generate_phantom_dataset
 from nndose.devices import resolve_device
-from nndose.evaluation.evaluate import evaluate_folder
+from nndose.evaluation.evaluate import compare, evaluate_folder
 from nndose.experiment_planning.plan_and_preprocess import PreprocessingRun, plan_and_preprocess
 from nndose.experiment_planning.planner import CPU_PLANNER, PlannerOptions
 from nndose.inference.predict_cases import predict_cases
@@ -120,3 +120,28 @@ def predict_and_score(model_dir: Path, case_dirs: list[Path], raw: Path, out: Pa
     predictor = DosePredictor(model_dir, config, folds=list(folds), device=resolve_device(device))
     predict_cases(case_dirs, out, predictor, progress=False)
     return score(case_dirs, raw, out)
+
+
+def gain_over(baseline: dict, model: dict) -> dict:
+    """What a model gains over the baseline on the same cases (positive = better), with the cases it
+    predicts better and paired Wilcoxon tests of the per-case dose and DVH errors."""
+    dice = [k for k, v in baseline["isodose_dice"].items() if v is not None and model["isodose_dice"][k] is not None]
+    points = sorted(set(baseline["dvh_point_abs_error_gy"]) & set(model["dvh_point_abs_error_gy"]))
+    return {"dose_score_gy": baseline["dose_score_gy"] - model["dose_score_gy"],
+            "dvh_score_gy": baseline["dvh_score_gy"] - model["dvh_score_gy"],
+            "mae_percent_of_prescription": baseline["mae_percent_of_prescription"] - model["mae_percent_of_prescription"],
+            "mean_isodose_dice_10_100": float(np.mean([model["isodose_dice"][k] - baseline["isodose_dice"][k] for k in dice])),
+            "isodose_levels_improved": f"{sum(model['isodose_dice'][k] > baseline['isodose_dice'][k] for k in dice)}/{len(dice)}",
+            "dvh_points_improved": f"{sum(model['dvh_point_abs_error_gy'][k] < baseline['dvh_point_abs_error_gy'][k] for k in points)}/{len(points)}",
+            **paired(baseline["per_case"], model["per_case"])}
+
+
+def paired(baseline_cases: list[dict], model_cases: list[dict]) -> dict:
+    tests = compare({"cases": model_cases}, {"cases": baseline_cases})
+    base = {c["case"]: c for c in baseline_cases}
+    out = {}
+    for key, name in (("dose_error_openkbp", "dose"), ("dvh_error_openkbp", "dvh")):
+        better = sum(c[key] < base[c["case"]][key] for c in model_cases)
+        out[f"cases_better_{name}"] = f"{better}/{len(model_cases)}"
+        out[f"wilcoxon_p_{name}"] = tests[key]["wilcoxon_p"]
+    return out

@@ -19,11 +19,8 @@ import shutil
 import sys
 import time
 
-import numpy as np
-
 from benchmarks import pipeline
 from nndose.cli.common import run_cli
-from nndose.evaluation.evaluate import compare
 from nndose.io.layout import TEST_DIR, TRAIN_DIR
 from nndose.io.raw_dataset import list_cases
 from nndose.training.finetune import FinetuneOptions
@@ -35,31 +32,6 @@ FINETUNE_VARIANTS = {"finetuned_model": {},
                      "finetuned_paper_rates_head_lr_0.1": {"head_init": "random", "head_lr_scale": 0.1},
                      "finetuned_keep_head": {"reinit_head": False},
                      "finetuned_encoder_trainable": {"freeze": "none"}}
-
-
-def gain_over(baseline: dict, model: dict) -> dict:
-    """What a model gains over the baseline on the same cases (positive = better), with the cases it
-    predicts better and paired Wilcoxon tests of the per-case dose and DVH errors."""
-    dice = [k for k, v in baseline["isodose_dice"].items() if v is not None and model["isodose_dice"][k] is not None]
-    points = sorted(set(baseline["dvh_point_abs_error_gy"]) & set(model["dvh_point_abs_error_gy"]))
-    return {"dose_score_gy": baseline["dose_score_gy"] - model["dose_score_gy"],
-            "dvh_score_gy": baseline["dvh_score_gy"] - model["dvh_score_gy"],
-            "mae_percent_of_prescription": baseline["mae_percent_of_prescription"] - model["mae_percent_of_prescription"],
-            "mean_isodose_dice_10_100": float(np.mean([model["isodose_dice"][k] - baseline["isodose_dice"][k] for k in dice])),
-            "isodose_levels_improved": f"{sum(model['isodose_dice'][k] > baseline['isodose_dice'][k] for k in dice)}/{len(dice)}",
-            "dvh_points_improved": f"{sum(model['dvh_point_abs_error_gy'][k] < baseline['dvh_point_abs_error_gy'][k] for k in points)}/{len(points)}",
-            **paired(baseline["per_case"], model["per_case"])}
-
-
-def paired(baseline_cases: list[dict], model_cases: list[dict]) -> dict:
-    tests = compare({"cases": model_cases}, {"cases": baseline_cases})
-    base = {c["case"]: c for c in baseline_cases}
-    out = {}
-    for key, name in (("dose_error_openkbp", "dose"), ("dvh_error_openkbp", "dvh")):
-        better = sum(c[key] < base[c["case"]][key] for c in model_cases)
-        out[f"cases_better_{name}"] = f"{better}/{len(model_cases)}"
-        out[f"wilcoxon_p_{name}"] = tests[key]["wilcoxon_p"]
-    return out
 
 
 def main() -> None:
@@ -109,7 +81,7 @@ def main() -> None:
     scratch = pipeline.train(941, args.epochs, args.iterations, args.device, reuse=args.reuse)
     result["seconds_per_step"]["target_from_scratch"] = time.time() - clock
     result["target_from_scratch"] = pipeline.predict_and_score(scratch, test, target, work / "pred/scratch", args.device)
-    result["gain_over_source_model"] = {name: gain_over(result["source_model"], result[name])
+    result["gain_over_source_model"] = {name: pipeline.gain_over(result["source_model"], result[name])
                                         for name in [*args.variants, "target_from_scratch"]}
     result["seconds"] = time.time() - start
     pipeline.write_result(args.o, result)

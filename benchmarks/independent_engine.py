@@ -1,0 +1,162 @@
+"""Does the beam channel help on physics it did not make? The beam-geometry ablation on dose from an
+independent engine.
+
+The phantoms' own dose comes from the same rasterizer as the beam channel (nndose.geometry.rasterizer),
+so a phantom benchmark flatters the channel. Here the same phantoms (anatomy, prescriptions, beam
+arrangement) are planned a second time by pyRadPlan (a Python matRad: photon pencil beams, its own
+fluence optimizer; benchmarks/pyradplan_dose.py, run in its own environment). On each engine's dose
+the same network and schedule is trained with one beam channel, without it, and with one beam channel
+per delivery (--beam_per_delivery), and scored on the held-out phantoms; the gains come with paired
+per-case tests. `engine_difference` scores the phantom engine's dose as a prediction of pyRadPlan's:
+how different the two physics are.
+
+python -m benchmarks.independent_engine -o benchmarks/results/independent_engine_phantoms_cpu.json \
+    --small_network -np 2 --device cpu --n 100 --epochs 40 --iterations 20
+The pyRadPlan environment is made on first use (~/.cache/nndose/pyradplan_venv from
+benchmarks/requirements-pyradplan.txt) unless --pyradplan_python names one. --reuse keeps the work
+folder's phantoms, doses and trained models.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from benchmarks import pipeline
+from nndose.cli.common import run_cli
+from nndose.errors import NndoseError
+from nndose.io.layout import DATASET_JSON, DOSE_FILE, NIFTI, TEST_DIR, TRAIN_DIR
+from nndose.io.raw_dataset import list_cases
+from nndose.paths import dataset_folder_name, find_dataset, preprocessed_root, raw_root
+
+HERE = Path(__file__).resolve().parent
+DOSE_SCRIPT = HERE / "pyradplan_dose.py"
+REQUIREMENTS = HERE / "requirements-pyradplan.txt"
+DEFAULT_VENV = Path.home() / ".cache" / "nndose" / "pyradplan_venv"
+ENGINES = {"phantom_engine": 930, "pyradplan": 940}           # dataset ids; + offsets below per variant
+VARIANTS = {"with_beam_channel": (0, {}), "without_beam_channel": (1, {"beam_channels": False}),
+            "beam_per_delivery": (2, {"beam_per_delivery": True})}
+CASES_PER_CALL = 4
+
+
+def pyradplan_python(given: Path | None) -> Path:
+    """The Python of an environment with pyRadPlan, made from REQUIREMENTS when not given."""
+    if given is not None:
+        if not Path(given).is_file():
+            raise NndoseError(f"{given}: no such Python for pyRadPlan")
+        return Path(given)
+    python = DEFAULT_VENV / "bin" / "python"
+    if not python.is_file():
+        print(f"making the pyRadPlan environment in {DEFAULT_VENV}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(DEFAULT_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)], check=True)
+    return python
+
+
+def _replan(python: Path, cases: list[Path]) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([str(python), str(DOSE_SCRIPT), *map(str, cases)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise NndoseError(f"pyRadPlan failed on {cases[0].name}..{cases[-1].name}: {last}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def replan_dataset(src: Path, dataset_id: int, name: str, python: Path, num_processes: int) -> tuple[Path, list[dict]]:
+    """A copy of raw dataset `src` whose every case's dose (and machine) is pyRadPlan's; built aside and
+    moved into place when complete."""
+    final = raw_root() / dataset_folder_name(dataset_id, name)
+    staging = final.with_name(final.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(src, staging)
+    cases = list_cases(staging, TRAIN_DIR) + list_cases(staging, TEST_DIR)
+    chunks = [cases[i:i + CASES_PER_CALL] for i in range(0, len(cases), CASES_PER_CALL)]
+    records: list[dict] = []
+    try:
+        with ThreadPoolExecutor(max(1, num_processes)) as pool, tqdm(total=len(cases), desc="pyRadPlan", unit="case") as bar:
+            for done in pool.map(lambda chunk: _replan(python, chunk), chunks):
+                records += done
+                bar.update(len(done))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    info = json.loads((staging / DATASET_JSON).read_text())
+    info["description"] = info["description"].replace("analytic dose engine", "dose re-planned by pyRadPlan")
+    (staging / DATASET_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    staging.rename(final)
+    return final, records
+
+
+def _copy_raw(src: Path, dataset_id: int, name: str) -> Path:
+    dst = raw_root() / dataset_folder_name(dataset_id, name)
+    return dst if dst.is_dir() else pipeline.copy_raw(src, dataset_id, name)
+
+
+def engine_difference(analytic: Path, pyradplan: Path, work: Path) -> dict:
+    """The phantom engine's test doses scored as predictions of pyRadPlan's."""
+    out = work / "engine_difference"
+    out.mkdir(parents=True, exist_ok=True)
+    for case in list_cases(analytic, TEST_DIR):
+        shutil.copyfile(case / f"{DOSE_FILE}{NIFTI}", out / f"{case.name}{NIFTI}")
+    scores = pipeline.score(list_cases(pyradplan, TEST_DIR), pyradplan, out)
+    return {k: scores[k] for k in ("dose_score_gy", "dvh_score_gy", "mae_percent_of_prescription", "isodose_dice")}
+
+
+def run_engine(engine: str, raw: Path, args) -> dict:
+    """Train and score every variant on one engine's dose."""
+    base_id = ENGINES[engine]
+    result = {}
+    for variant, (offset, options) in VARIANTS.items():
+        dataset_id = base_id + offset
+        folder = raw if offset == 0 else _copy_raw(raw, dataset_id, f"{raw.name.split('_', 1)[1]}_{variant}")
+        if find_dataset(preprocessed_root(), dataset_id) is None:
+            pipeline.plan(dataset_id, args.small_network, num_processes=args.np, **options)
+        model = pipeline.train(dataset_id, args.epochs, args.iterations, args.device, reuse=args.reuse)
+        result[variant] = pipeline.predict_and_score(model, list_cases(folder, TEST_DIR), folder,
+                                                     args.work / "pred" / engine / variant, args.device)
+    result["gain_of_beam_channel"] = pipeline.gain_over(result["without_beam_channel"], result["with_beam_channel"])
+    result["gain_of_beam_per_delivery"] = pipeline.gain_over(result["with_beam_channel"], result["beam_per_delivery"])
+    return result
+
+
+def main() -> None:
+    ap = pipeline.phantom_benchmark_parser(__doc__, "/tmp/nndose_independent_engine", 100)
+    ap.add_argument("--pyradplan_python", type=Path, default=None, help="a Python with pyRadPlan (default: made)")
+    ap.add_argument("--reuse", action="store_true", help="keep the work folder's phantoms, doses and models")
+    args = ap.parse_args()
+    start = time.time()
+    python = pyradplan_python(args.pyradplan_python)
+    version = subprocess.run([str(python), "-c", "import pyRadPlan; print(pyRadPlan.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    pipeline.use_work_folder(args.work, keep=args.reuse)
+    analytic = find_dataset(raw_root(), ENGINES["phantom_engine"])
+    if analytic is None:
+        analytic = pipeline.phantoms(ENGINES["phantom_engine"], "PhantomEngine", args.n, seed=7, num_processes=args.np)
+    records_file = args.work / "pyradplan_cases.json"
+    pyradplan = find_dataset(raw_root(), ENGINES["pyradplan"])
+    if pyradplan is None or not records_file.is_file():
+        t0 = time.time()
+        pyradplan, records = replan_dataset(analytic, ENGINES["pyradplan"], "PyRadPlan", python, args.np)
+        records_file.write_text(json.dumps({"records": records, "seconds": time.time() - t0}))
+    replanned = json.loads(records_file.read_text())
+    result = {"setup": {"n_phantoms": args.n, "held_out": len(list_cases(analytic, TEST_DIR)), "seed": 7,
+                        "epochs": args.epochs, "iterations_per_epoch": args.iterations,
+                        "network": "CPU plan (--small_network)" if args.small_network else "default plan",
+                        "pyradplan_version": version,
+                        "pyradplan_seconds": replanned["seconds"], "pyradplan_cases": replanned["records"]},
+              "engine_difference": engine_difference(analytic, pyradplan, args.work)}
+    for engine, raw in (("pyradplan", pyradplan), ("phantom_engine", analytic)):
+        result[engine] = run_engine(engine, raw, args)
+    result["seconds"] = time.time() - start
+    pipeline.write_result(args.o, result)
+
+
+if __name__ == "__main__":
+    run_cli("benchmarks.independent_engine", lambda _argv: main())   # an NndoseError is one line, exit 2

@@ -12,8 +12,8 @@ The plan keeps the case's beam arrangement: static beams at their gantry and cou
 static beams every 20 degrees of gantry along them (one beam per angle where arcs overlap); 3D-CRT as
 open fields of uniform fluence over each beam's target projection, the beam weights fitted by
 non-negative least squares to the prescriptions. IMRT and VMAT are fluence-optimized: each target to
-its prescription (squared deviation; a lower-dose target outside the higher), organs' mean dose down,
-organs and body kept under the highest prescription. Every plan is normalized so that 95 % of the
+its prescription (squared deviation; a lower-dose target outside the higher), organs' mean dose down and
+their dose under 0.9 x, the body's under 1.05 x the highest prescription. Every plan is normalized so that 95 % of the
 highest-dose target gets its prescription (D95 = Rx), and dose outside the body is zero.
 
 python benchmarks/pyradplan_dose.py CASE_DIR [CASE_DIR ...]
@@ -32,7 +32,10 @@ import SimpleITK as sitk
 ARC_STEP_DEG = 20.0
 BIXEL_WIDTH_MM = 7.0
 MACHINE = {"name": "pyradplan_generic_6MV", "sad_mm": 1000.0, "energy_mv": 6.0}
-TARGET_PRIORITY, OAR_MEAN_PRIORITY, OAR_MAX_PRIORITY, BODY_MAX_PRIORITY = 1000.0, 30.0, 100.0, 300.0
+# Objective priorities. Objectives average over their structure's voxels, so the body's maximum (1.05 x the
+# highest prescription) needs a high priority: at 300, a few lateral entrance regions reached 1.5 x Rx
+# (median plan maximum 1.25 x Rx over 100 phantoms); at 10000, 1.2 x Rx, organ mean doses within 0.7 Gy.
+TARGET_PRIORITY, OAR_MEAN_PRIORITY, OAR_MAX_PRIORITY, BODY_MAX_PRIORITY = 1000.0, 30.0, 100.0, 10000.0
 
 
 def gantry_couch_angles(plan: dict) -> tuple[list[float], list[float]]:

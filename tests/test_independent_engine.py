@@ -4,7 +4,6 @@ The tests that need pyRadPlan run where NNDOSE_PYRADPLAN_PYTHON (or the benchmar
 gives a Python that has it, and skip otherwise."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.independent_engine import DEFAULT_VENV, replan_dataset
+from benchmarks.independent_engine import DEFAULT_VENV, leave_out, refused_training_cases, replan_dataset
 from benchmarks.pyradplan_dose import gantry_couch_angles
 from nndose.datasets.phantom_anatomy import phantom_kinds
 from nndose.datasets.phantom_dose_engine import STYLES
@@ -20,7 +19,7 @@ from nndose.datasets.phantoms import make_case
 from nndose.errors import NndoseError
 from nndose.geometry.beams import BeamDirection, beam_frame
 from nndose.io.raw_dataset import DatasetInfo, write_case, write_dataset_json
-from nndose.io.volumes import read_volume
+from nndose.io.volumes import read_volume, write_volume
 
 REPO = Path(__file__).resolve().parents[1]
 DOSE_SCRIPT = REPO / "benchmarks" / "pyradplan_dose.py"
@@ -94,7 +93,7 @@ def test_pyradplan_replans_a_phantom_normalized_inside_the_body(nndose_env):
     assert plan["machine"] == {"name": "pyradplan_generic_6MV", "sad_mm": 1000.0, "energy_mv": 6.0}
     assert np.percentile(dose[ptv > 0], 5) == pytest.approx(rx, rel=1e-3)     # D95 = Rx
     assert np.all(dose[body == 0] == 0) and np.isfinite(dose).all()
-    assert np.percentile(dose[ptv > 0], 98) < 1.15 * rx                         # a plan, not a hot spot
+    assert np.percentile(dose[ptv > 0], 98) < 1.15 * rx and dose.max() < 1.3 * rx   # a plan, no hot spot
     assert np.abs(dose - before)[body > 0].mean() > 0.5                          # another engine's dose
     assert not (nndose_env["nndose_raw"] / "Dataset941_PyRadPlan.partial").exists()
 
@@ -142,3 +141,18 @@ def test_pyradplan_and_nndose_agree_on_where_a_beam_enters(tmp_path):
         to_source = beam_frame(BeamDirection(gantry, couch), (0.0, 0.0, 0.0), 1000.0).source / 1000.0
         c = np.asarray(centroid)
         assert c @ to_source > 5.0 and np.linalg.norm(c - (c @ to_source) * to_source) < 0.3 * np.linalg.norm(c), (gantry, couch, c)
+
+
+def test_training_cases_nndose_refuses_are_left_out_of_every_dataset(tmp_path):
+    good = _phantom_dataset(tmp_path / "a")
+    other = _phantom_dataset(tmp_path / "b")
+    case = other / "casesTr" / "phantom_000"
+    dose, grid = read_volume(case / "dose.nii.gz")
+    write_volume(case / "dose.nii.gz", dose * 2.0, grid)   # a hot spot of 2 x Rx: nndose refuses the case
+    assert refused_training_cases([good]) == []
+    refused = refused_training_cases([good, other])
+    assert refused == ["phantom_000"]
+    leave_out([good, other], refused)
+    for folder in (good, other):
+        assert not (folder / "casesTr" / "phantom_000").exists()
+        assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 0

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,8 +33,9 @@ from tqdm import tqdm
 from benchmarks import pipeline, pyradplan_dose
 from nndose.cli.common import run_cli
 from nndose.errors import NndoseError
-from nndose.io.layout import DATASET_JSON, DOSE_FILE, NIFTI, TEST_DIR, TRAIN_DIR
-from nndose.io.raw_dataset import list_cases, load_dataset_json, read_case
+from nndose.io.layout import DOSE_FILE, NIFTI, TEST_DIR, TRAIN_DIR
+from nndose.io.atomic import atomic_write_json
+from nndose.io.raw_dataset import list_cases, load_dataset_json, read_case, write_dataset_json
 from nndose.paths import dataset_folder_name, find_dataset, preprocessed_root, raw_root
 
 HERE = Path(__file__).resolve().parent
@@ -87,16 +89,11 @@ def replan_dataset(src: Path, dataset_id: int, name: str, python: Path, num_proc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    info = json.loads((staging / DATASET_JSON).read_text())
-    info["description"] = info["description"].replace("analytic dose engine", "dose re-planned by pyRadPlan")
-    (staging / DATASET_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    info = load_dataset_json(staging)
+    write_dataset_json(staging, replace(info, description=info.description.replace("analytic dose engine",
+                                                                                  "dose re-planned by pyRadPlan")))
     staging.rename(final)
     return final, records
-
-
-def _copy_raw(src: Path, dataset_id: int, name: str) -> Path:
-    dst = raw_root() / dataset_folder_name(dataset_id, name)
-    return dst if dst.is_dir() else pipeline.copy_raw(src, dataset_id, name)
 
 
 def engine_difference(analytic: Path, pyradplan: Path, work: Path) -> dict:
@@ -123,9 +120,7 @@ def leave_out(datasets: list[Path], cases: list[str]) -> None:
     for folder in datasets:
         for name in cases:
             shutil.rmtree(folder / TRAIN_DIR / name, ignore_errors=True)
-        info = json.loads((folder / DATASET_JSON).read_text())
-        info["numTraining"] = len(list_cases(folder, TRAIN_DIR))
-        (folder / DATASET_JSON).write_text(json.dumps(info, indent=2) + "\n")
+        write_dataset_json(folder, replace(load_dataset_json(folder), num_training=len(list_cases(folder, TRAIN_DIR))))
 
 
 def run_engine(engine: str, raw: Path, args) -> dict:
@@ -134,7 +129,7 @@ def run_engine(engine: str, raw: Path, args) -> dict:
     result = {}
     for variant, (offset, options) in VARIANTS.items():
         dataset_id = base_id + offset
-        folder = raw if offset == 0 else _copy_raw(raw, dataset_id, f"{raw.name.split('_', 1)[1]}_{variant}")
+        folder = raw if offset == 0 else pipeline.copy_raw(raw, dataset_id, f"{raw.name.split('_', 1)[1]}_{variant}")
         if find_dataset(preprocessed_root(), dataset_id) is None:
             pipeline.plan(dataset_id, args.small_network, num_processes=args.np, **options)
         model = pipeline.train(dataset_id, args.epochs, args.iterations, args.device, reuse=args.reuse)
@@ -165,7 +160,7 @@ def main() -> None:
     if pyradplan is None or not records_file.is_file():
         t0 = time.time()
         pyradplan, records = replan_dataset(analytic, ENGINES["pyradplan"], "PyRadPlan", python, args.np)
-        records_file.write_text(json.dumps({"records": records, "seconds": time.time() - t0}))
+        atomic_write_json(records_file, {"records": records, "seconds": time.time() - t0})
     replanned = json.loads(records_file.read_text())
     refused = refused_training_cases([analytic, pyradplan])
     leave_out([analytic, pyradplan], refused)

@@ -68,8 +68,10 @@ def phantoms(dataset_id: int, name: str, n: int, seed: int, style: str = "standa
 
 
 def copy_raw(src: Path, dataset_id: int, name: str) -> Path:
+    """A copy of raw dataset `src` under a new id; one already there (a work folder kept for reuse) is kept."""
     dst = raw_root() / dataset_folder_name(dataset_id, name)
-    shutil.copytree(src, dst)
+    if not dst.is_dir():
+        shutil.copytree(src, dst)
     return dst
 
 

@@ -150,15 +150,17 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: pyradplan_dose.py CASE_DIR [CASE_DIR ...]", file=sys.stderr)
         return 2
+    kinds_of: dict[Path, dict[str, str]] = {}   # per dataset.json: structure -> target, oar or body
     for arg in argv:
         case_dir = Path(arg)
         dataset_json = case_dir.parent.parent / "dataset.json"
         if not (case_dir / "plan.json").is_file() or not dataset_json.is_file():
             print(f"error: {case_dir} is not a raw case folder (plan.json, ../../dataset.json)", file=sys.stderr)
             return 2
-        kinds = {n: s["kind"] for n, s in json.loads(dataset_json.read_text())["structures"].items()}
+        if dataset_json not in kinds_of:
+            kinds_of[dataset_json] = {n: s["kind"] for n, s in json.loads(dataset_json.read_text())["structures"].items()}
         try:
-            print(json.dumps(plan_case(case_dir, kinds)), flush=True)
+            print(json.dumps(plan_case(case_dir, kinds_of[dataset_json])), flush=True)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -2,6 +2,7 @@
 its own environment) and the beam-channel ablation runs on its dose (benchmarks/independent_engine.py).
 The tests that need pyRadPlan run where NNDOSE_PYRADPLAN_PYTHON (or the benchmark's default environment)
 gives a Python that has it, and skip otherwise."""
+import functools
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOSE_SCRIPT = REPO / "benchmarks" / "pyradplan_dose.py"
 
 
+@functools.cache
 def _pyradplan_python() -> str | None:
     for python in (os.environ.get("NNDOSE_PYRADPLAN_PYTHON"), str(DEFAULT_VENV / "bin" / "python")):
         if python and Path(python).is_file() and subprocess.run([python, "-c", "import pyRadPlan"],

@@ -30,17 +30,18 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import pipeline
+from benchmarks.pyradplan_runner import leave_out, pyradplan_python, pyradplan_version, refused_training_cases, replan, replan_dataset
 from nndose.cli.common import run_cli
-from nndose.datasets.degraded_plans import check_increase_percent
+from nndose.datasets.degraded_plans import CANDIDATES, check_increase_percent
 from nndose.datasets.phantom_dose_engine import STYLES
-from nndose.datasets.phantoms import make_case_with_worse
+from nndose.datasets.phantoms import make_case, make_case_with_worse
 from nndose.devices import resolve_device
 from nndose.inference.predictor import DosePredictor
-from nndose.io.layout import FOLDS, PLAN_FILE, PLANS_FILE
+from nndose.io.layout import DATASET_JSON, FOLDS, PLAN_FILE, PLANS_FILE
 from nndose.io.plan_file import load_plan
 from nndose.io.raw_dataset import list_cases, write_case
 from nndose.parallel import map_with_progress
-from nndose.paths import preprocessed_root, raw_root, require_dataset
+from nndose.paths import find_dataset, preprocessed_root, raw_root, require_dataset
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM, calibrate, validation_cases
 from nndose.qa.compare import OAR_METRICS, Tolerance, with_tolerance
 from nndose.qa.run import plan_qa
@@ -50,6 +51,7 @@ SITES = ("prostate", "head_neck")
 MODALITIES = ("IMRT", "VMAT")
 FALSE_ALARMS = (0.02, 0.05, 0.10)
 TOLERANCES = ((1.0, 1.5), (1.5, 2.0), (2.0, 3.0), (3.0, 4.5), (4.0, 6.0), (5.0, 8.0))   # (Gy, % of Rx)
+DATASET_IDS = {"phantom_engine": 970, "pyradplan": 975}   # + 1 with one beam channel per delivery
 
 
 def _plan_twice(job: tuple) -> tuple[str, dict | None]:
@@ -71,6 +73,39 @@ def write_test_sets(first: int, n: int, seed: int, percent: float, out: Path, nu
                              "test plans, standard and degraded")
     return {"degraded": {name: t for name, t in done if t is not None},
             "left_out": [name for name, t in done if t is None]}
+
+
+def _write_phantom(job: tuple) -> None:
+    index, seed, out = job
+    anatomy, plan, dose = make_case(index, seed, STYLES["standard"], sites=SITES, modalities=MODALITIES)
+    write_case(out / f"phantom_{index:03d}", anatomy.grid, anatomy.ct, anatomy.structures, plan, dose)
+
+
+def write_test_sets_pyradplan(first: int, n: int, seed: int, percent: float, out: Path, raw: Path, python: Path,
+                              num_processes: int = 1) -> dict:
+    """write_test_sets with pyRadPlan's plans (benchmarks/pyradplan_dose.py --degrade_percent): the held-out
+    phantoms' anatomy and beams, re-planned standard and degraded; built aside, moved into place when whole."""
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "standard").mkdir(parents=True)
+    shutil.copyfile(raw / DATASET_JSON, staging / DATASET_JSON)   # the dose script's structure kinds
+    map_with_progress(_write_phantom, [(i, seed, staging / "standard") for i in range(first, first + n)], num_processes,
+                      "test phantoms")
+    candidates = ",".join(sorted({o for site in SITES for o in CANDIDATES[site]}))
+    records = replan(list_cases(staging, "standard"), python, num_processes,
+                     ("--degrade_percent", f"{percent:g}", "--degraded_into", str(staging / "degraded"),
+                      "--candidates", candidates))
+    truth = {"degraded": {}, "left_out": []}
+    for record in records:
+        name, worse = record["case"], record["degraded"]
+        if worse is None:
+            truth["left_out"].append(name)
+            shutil.rmtree(staging / "standard" / name)
+        else:
+            truth["degraded"][name] = {"site": load_plan(staging / "standard" / name / PLAN_FILE).site, **worse}
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return truth
 
 
 def score(standard: list, degraded_qa: list, truth: dict) -> dict:
@@ -147,39 +182,72 @@ def separability(standard: list, degraded: list, truth: dict, techniques: dict[s
             "by_technique": by_technique}
 
 
+def training_dataset(args, python: Path | None) -> tuple[int, dict]:
+    """The id of the dataset the folds train on, planned and preprocessed (phantoms in the model's style,
+    their dose from the chosen engine; one beam channel per delivery with --beam_per_delivery), and what
+    was done to make it."""
+    made = {"engine": args.engine, "beam_per_delivery": args.beam_per_delivery}
+    phantom_raw = find_dataset(raw_root(), DATASET_IDS["phantom_engine"])
+    if phantom_raw is None:
+        phantom_raw = pipeline.phantoms(DATASET_IDS["phantom_engine"], "QA", args.n, seed=21, num_processes=args.np,
+                                        test_fraction=0.0, sites=SITES, modalities=MODALITIES)
+    raw, dataset_id = phantom_raw, DATASET_IDS[args.engine]
+    if args.engine == "pyradplan":
+        raw = find_dataset(raw_root(), dataset_id)
+        if raw is None:
+            raw, _ = replan_dataset(phantom_raw, dataset_id, "QAPyRadPlan", python, args.np)
+        made["pyradplan_version"] = pyradplan_version(python)
+        made["training_cases_left_out"] = refused_training_cases([raw])   # e.g. a hot spot nndose refuses
+        leave_out([raw], made["training_cases_left_out"])
+    if args.beam_per_delivery:
+        dataset_id += 1
+        raw = pipeline.copy_raw(raw, dataset_id, f"{raw.name.split('_', 1)[1]}_beam_per_delivery")
+    preprocessed = find_dataset(preprocessed_root(), dataset_id)
+    if not (args.reuse and preprocessed is not None and (preprocessed / PLANS_FILE).is_file()):
+        pipeline.plan(dataset_id, args.small_network, num_processes=args.np,
+                      **({"beam_per_delivery": True} if args.beam_per_delivery else {}))
+    return dataset_id, made
+
+
 def main() -> None:
     ap = pipeline.phantom_benchmark_parser(__doc__, "/tmp/nndose_plan_qa_bench", 60)
     ap.add_argument("--n_test", type=int, default=24, help="held-out phantoms planned twice")
     ap.add_argument("--degradation_percent", type=float, default=5.0, help="mean-dose increase of the degraded organ")
     ap.add_argument("-tr", "--trainer", default="nndoseTrainer", help="trainer class (e.g. nndoseTrainer_MAE_DVH)")
+    ap.add_argument("--engine", choices=sorted(DATASET_IDS), default="phantom_engine",
+                    help="who plans the training and test phantoms (pyradplan: an independent engine)")
+    ap.add_argument("--pyradplan_python", type=Path, default=None, help="a Python with pyRadPlan (default: made)")
+    ap.add_argument("--beam_per_delivery", action="store_true", help="one beam channel per delivery")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the work folder's dataset, trained folds and test sets (QA again, e.g. after a change of the flag rule)")
     args = ap.parse_args()
     trainer_class(args.trainer)   # an unknown trainer or degradation refused before any phantom is made
     check_increase_percent(args.degradation_percent)
+    python = pyradplan_python(args.pyradplan_python) if args.engine == "pyradplan" else None
     start = time.time()
     work = pipeline.use_work_folder(args.work, keep=args.reuse)
-    if not (args.reuse and list(preprocessed_root().glob(f"Dataset970_*/{PLANS_FILE}"))):
-        pipeline.phantoms(970, "QA", args.n, seed=21, num_processes=args.np, test_fraction=0.0,
-                          sites=SITES, modalities=MODALITIES)
-        pipeline.plan(970, args.small_network, num_processes=args.np)
-    raw = require_dataset(raw_root(), 970, "raw")
+    dataset_id, made = training_dataset(args, python)
+    raw = require_dataset(raw_root(), dataset_id, "raw")
     for fold in FOLDS:
-        model = pipeline.train(970, args.epochs, args.iterations, args.device, fold=fold, reuse=args.reuse,
+        model = pipeline.train(dataset_id, args.epochs, args.iterations, args.device, fold=fold, reuse=args.reuse,
                                trainer=args.trainer)
     trained = time.time()
-    sets = work / f"qa_sets_{args.degradation_percent:g}_percent"
+    engine_tag = "" if args.engine == "phantom_engine" else f"{args.engine}_"
+    sets = work / f"qa_sets_{engine_tag}{args.degradation_percent:g}_percent"
     if args.reuse and (sets / "truth.json").is_file():
         truth = json.loads((sets / "truth.json").read_text())
     else:
         shutil.rmtree(sets, ignore_errors=True)
-        truth = write_test_sets(args.n, args.n_test, 21, args.degradation_percent, sets, args.np)
+        if args.engine == "pyradplan":
+            truth = write_test_sets_pyradplan(args.n, args.n_test, 21, args.degradation_percent, sets, raw, python, args.np)
+        else:
+            truth = write_test_sets(args.n, args.n_test, 21, args.degradation_percent, sets, args.np)
         (sets / "truth.json").write_text(json.dumps(truth, indent=1))
     predictor = DosePredictor(model, "3d_fullres", folds=list(FOLDS), device=resolve_device(args.device))
     runs = {}
     for label in ("standard", "degraded"):   # flagged with the default rule: margins from the folds' validation
-        runs[label] = plan_qa(list_cases(sets, label), work / f"reports_{args.degradation_percent:g}_percent" / label, predictor, Tolerance(),
-                              progress=False)
+        reports = work / f"reports_{engine_tag}{args.degradation_percent:g}_percent{'_beam_per_delivery' * args.beam_per_delivery}"
+        runs[label] = plan_qa(list_cases(sets, label), reports / label, predictor, Tolerance(), progress=False)
     oof = validation_cases(model, list(FOLDS))
     every_metric = [m.name for m in OAR_METRICS]
     rules = {"tolerance and folds' interval only (uncalibrated)": (None, None)}
@@ -193,7 +261,7 @@ def main() -> None:
         return score(rerun["standard"], rerun["degraded"], truth["degraded"])
     default = calibrate(oof, DEFAULT_FALSE_ALARM)
     test_techniques = {c.name: technique(load_plan(c / PLAN_FILE)) for c in list_cases(sets, "standard")}
-    result = {"phantoms_trained": args.n, "trainer": args.trainer, "folds": len(FOLDS), "epochs": args.epochs,
+    result = {"phantoms_trained": args.n, "dataset": made, "trainer": args.trainer, "folds": len(FOLDS), "epochs": args.epochs,
               "iterations_per_epoch": args.iterations,
               "small_network": args.small_network, "degradation_percent_of_rx": args.degradation_percent,
               "test_sets": truth, "validation_cases": len(oof),

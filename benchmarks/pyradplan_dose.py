@@ -16,12 +16,23 @@ its prescription (squared deviation; a lower-dose target outside the higher), or
 their dose under 0.9 x, the body's under 1.05 x the highest prescription. Every plan is normalized so that 95 % of the
 highest-dose target gets its prescription (D95 = Rx), and dose outside the body is zero.
 
-python benchmarks/pyradplan_dose.py CASE_DIR [CASE_DIR ...]
+With --degrade_percent P --degraded_into DIR, an IMRT/VMAT case is also planned deliberately worse for
+one organ (the truth a plan-QA check must find): of the --candidates organs the case has, the one whose
+mean dose rises most when the optimizer leaves it unspared (its objectives dropped, fluence optimized
+again on the same dose influence matrix); its sparing is then given up only in part, the fluence a blend
+(1 - a) x standard + a x unspared (a deliverable fluence: dose is linear in it), a bisected so that the
+organ's mean dose lands P % of the prescription above the standard plan's, normalized like it. The case
+is copied to DIR/<case> with that dose. None of the candidates rising that much (an organ in the target,
+a 3D-CRT plan): no copy, "degraded": null.
+
+python benchmarks/pyradplan_dose.py [--degrade_percent P --degraded_into DIR --candidates ORGAN,...] CASE_DIR ...
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,8 +70,9 @@ def _image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
     return img
 
 
-def structure_set(case_dir: Path, kinds: dict[str, str], plan: dict):
-    """pyRadPlan's CT and structure set, with objectives, and the masks (z, y, x) by name."""
+def structure_set(case_dir: Path, kinds: dict[str, str], plan: dict, unspared: str | None = None):
+    """pyRadPlan's CT and structure set, with objectives (none for the organ `unspared`), and the masks
+    (z, y, x) by name."""
     from pyRadPlan.cst import OAR, ExternalVOI, Target, create_cst
     from pyRadPlan.ct import create_ct
     from pyRadPlan.optimization.objectives import MeanDose, SquaredDeviation, SquaredOverdosing
@@ -82,9 +94,9 @@ def structure_set(case_dir: Path, kinds: dict[str, str], plan: dict):
     for name, mask in masks.items():
         kind = kinds.get(name)
         if kind == "oar":
-            vois.append(OAR(name=name, ct_image=ct, mask=_image(mask.astype(np.uint8), ct_img),
-                            objectives=[MeanDose(priority=OAR_MEAN_PRIORITY, d_ref=0.0),
-                                        SquaredOverdosing(priority=OAR_MAX_PRIORITY, d_max=0.9 * top_gy)]))
+            objectives = [] if name == unspared else [MeanDose(priority=OAR_MEAN_PRIORITY, d_ref=0.0),
+                                                      SquaredOverdosing(priority=OAR_MAX_PRIORITY, d_max=0.9 * top_gy)]
+            vois.append(OAR(name=name, ct_image=ct, mask=_image(mask.astype(np.uint8), ct_img), objectives=objectives))
         elif kind == "body":
             vois.append(ExternalVOI(name=name, ct_image=ct, mask=_image(mask.astype(np.uint8), ct_img),
                                     objectives=[SquaredOverdosing(priority=BODY_MAX_PRIORITY, d_max=1.05 * top_gy)]))
@@ -112,8 +124,42 @@ def open_field_weights(dij, masks: dict, rx: list) -> np.ndarray:
     return x[np.searchsorted(beams, beam_of_bixel)]
 
 
-def plan_case(case_dir: Path, kinds: dict[str, str]) -> dict:
-    """Compute, normalize and write one case's dose; returns what was done."""
+def normalized(dose: np.ndarray, masks: dict, rx: list, case_dir: Path) -> np.ndarray:
+    """The dose scaled so that 95 % of the highest-dose target gets its prescription."""
+    top_gy, top = rx[0]
+    d95 = np.percentile(dose[masks[top]], 5)
+    if not np.isfinite(d95) or d95 <= 0:
+        raise ValueError(f"{case_dir}: the plan gives the target no dose")
+    return dose * top_gy / d95
+
+
+def _write_dose(case_dir: Path, dose: np.ndarray, ct_img: sitk.Image) -> None:
+    tmp = case_dir / "dose.tmp.nii.gz"
+    sitk.WriteImage(_image(dose.astype(np.float32), ct_img), str(tmp), useCompression=True)
+    os.replace(tmp, case_dir / "dose.nii.gz")
+
+
+def blend_for_rise(standard: np.ndarray, unspared: np.ndarray, organ: np.ndarray, masks: dict, rx: list,
+                   increase_gy: float, case_dir: Path, steps: int = 30) -> tuple[float, np.ndarray, float]:
+    """(a, normalized dose, rise): the blend (1 - a) standard + a unspared of two unnormalized doses whose
+    normalized dose raises the organ's mean dose at least increase_gy over the standard plan's, a bisected
+    to the smallest such; the unspared dose must raise it that much."""
+    base = normalized(standard, masks, rx, case_dir)[organ].mean()
+    low, high = 0.0, 1.0
+    best = (1.0, normalized(unspared, masks, rx, case_dir))
+    for _ in range(steps):
+        mid = 0.5 * (low + high)
+        dose = normalized((1 - mid) * standard + mid * unspared, masks, rx, case_dir)
+        if dose[organ].mean() - base >= increase_gy:
+            high, best = mid, (mid, dose)
+        else:
+            low = mid
+    return best[0], best[1], float(best[1][organ].mean() - base)
+
+
+def plan_case(case_dir: Path, kinds: dict[str, str], degrade: argparse.Namespace | None = None) -> dict:
+    """Compute, normalize and write one case's dose (and, with `degrade`, its degraded copy); returns what
+    was done."""
     from pyRadPlan import PhotonPlan, calc_dose_influence, fluence_optimization, generate_stf
 
     start = time.time()
@@ -125,42 +171,80 @@ def plan_case(case_dir: Path, kinds: dict[str, str]) -> dict:
                     "iso_center": [list(plan["isocenter_mm"])] * len(gantry)}
     stf = generate_stf(ct, cst, pln)
     dij = calc_dose_influence(ct, cst, stf, pln)
-    if plan["modality"] == "3D-CRT":
-        weights = open_field_weights(dij, masks, rx)
-    else:
+    modulated = plan["modality"] != "3D-CRT"
+    if modulated:
         weights = np.asarray(fluence_optimization(ct, cst, stf, dij, pln), dtype=float)
-    dose = np.where(body, _dose_array(dij, weights), 0.0)
-    top_gy, top = rx[0]
-    d95 = np.percentile(dose[masks[top]], 5)
-    if not np.isfinite(d95) or d95 <= 0:
-        raise ValueError(f"{case_dir}: the plan gives the target no dose")
-    dose = (dose * top_gy / d95).astype(np.float32)
-    tmp = case_dir / "dose.tmp.nii.gz"
-    sitk.WriteImage(_image(dose, ct_img), str(tmp), useCompression=True)
-    os.replace(tmp, case_dir / "dose.nii.gz")
+    else:
+        weights = open_field_weights(dij, masks, rx)
+    raw = np.where(body, _dose_array(dij, weights), 0.0)
+    dose = normalized(raw, masks, rx, case_dir)
+    record = {"case": case_dir.name, "beams": len(gantry), "bixels": int(dij.total_num_of_bixels)}
+    if degrade is not None:
+        record["degraded"] = None
+        increase_gy = degrade.degrade_percent / 100 * rx[0][0]
+        unspared = {}   # organ -> (its mean-dose rise when unspared, the unspared unnormalized dose)
+        for organ in (o for o in degrade.candidates if modulated and kinds.get(o) == "oar" and o in masks):
+            _, _, cst_unspared, _, _, _ = structure_set(case_dir, kinds, plan, unspared=organ)
+            dose_unspared = np.where(body, _dose_array(dij, np.asarray(
+                fluence_optimization(ct, cst_unspared, stf, dij, pln), dtype=float)), 0.0)
+            rise = normalized(dose_unspared, masks, rx, case_dir)[masks[organ]].mean() - dose[masks[organ]].mean()
+            unspared[organ] = (float(rise), dose_unspared)
+        organ = max(unspared, key=lambda o: unspared[o][0], default=None)
+        if organ is not None and unspared[organ][0] >= increase_gy:
+            blend, worse, rise = blend_for_rise(raw, unspared[organ][1], masks[organ], masks, rx, increase_gy, case_dir)
+            out = Path(degrade.degraded_into) / case_dir.name
+            staging = out.with_name(out.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(case_dir, staging)
+            _write_dose(staging, worse, ct_img)
+            _write_plan_machine(staging)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(staging, out)
+            record["degraded"] = {"organ": organ, "unspared_fraction": blend, "increase_gy": rise,
+                                  "increase_percent_of_rx": 100 * rise / rx[0][0],
+                                  "rise_when_unspared_gy": {o: r for o, (r, _) in unspared.items()}}
+    _write_dose(case_dir, dose, ct_img)
+    _write_plan_machine(case_dir)
+    record["seconds"] = round(time.time() - start, 1)
+    return record
+
+
+def _write_plan_machine(case_dir: Path) -> None:
+    """plan.json's machine set to the one the dose was computed on (atomic)."""
+    plan = json.loads((case_dir / "plan.json").read_text())
     plan["machine"] = dict(MACHINE)
     tmp_plan = case_dir / "plan.json.tmp"
     tmp_plan.write_text(json.dumps(plan, indent=2) + "\n")
     os.replace(tmp_plan, case_dir / "plan.json")
-    return {"case": case_dir.name, "beams": len(gantry), "bixels": int(dij.total_num_of_bixels),
-            "seconds": round(time.time() - start, 1)}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:   # one line, exit 2, like nndose's commands
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: pyradplan_dose.py CASE_DIR [CASE_DIR ...]", file=sys.stderr)
-        return 2
+    ap = _Parser(description="Re-plan raw nndose cases with pyRadPlan (see the module docstring).")
+    ap.add_argument("cases", nargs="+", type=Path, help="raw case folders (plan.json, ../../dataset.json)")
+    ap.add_argument("--degrade_percent", type=float, default=None,
+                    help="also plan each case worse for one organ, its mean dose this %% of Rx higher")
+    ap.add_argument("--degraded_into", type=Path, default=None, help="where the degraded copies go")
+    ap.add_argument("--candidates", type=lambda text: [o for o in text.split(",") if o], default=[],
+                    help="organs that may be degraded, comma-separated (e.g. Rectum,Bladder)")
+    args = ap.parse_args(argv)
+    if args.degrade_percent is not None and not (0 < args.degrade_percent <= 100 and args.degraded_into and args.candidates):
+        ap.error("--degrade_percent must lie in (0, 100] and come with --degraded_into and --candidates")
     kinds_of: dict[Path, dict[str, str]] = {}   # per dataset.json: structure -> target, oar or body
-    for arg in argv:
-        case_dir = Path(arg)
+    for case_dir in args.cases:
         dataset_json = case_dir.parent.parent / "dataset.json"
         if not (case_dir / "plan.json").is_file() or not dataset_json.is_file():
-            print(f"error: {case_dir} is not a raw case folder (plan.json, ../../dataset.json)", file=sys.stderr)
-            return 2
+            ap.error(f"{case_dir} is not a raw case folder (plan.json, ../../dataset.json)")
         if dataset_json not in kinds_of:
             kinds_of[dataset_json] = {n: s["kind"] for n, s in json.loads(dataset_json.read_text())["structures"].items()}
         try:
-            print(json.dumps(plan_case(case_dir, kinds_of[dataset_json])), flush=True)
+            print(json.dumps(plan_case(case_dir, kinds_of[dataset_json],
+                                       args if args.degrade_percent is not None else None)), flush=True)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.independent_engine import DEFAULT_VENV, leave_out, refused_training_cases, replan_dataset
-from benchmarks.pyradplan_dose import gantry_couch_angles
+from benchmarks.pyradplan_runner import DEFAULT_VENV, leave_out, refused_training_cases, replan_dataset
+from benchmarks.pyradplan_dose import blend_for_rise, gantry_couch_angles
 from nndose.datasets.phantom_anatomy import phantom_kinds
 from nndose.datasets.phantom_dose_engine import STYLES
 from nndose.datasets.phantoms import make_case
@@ -52,6 +52,29 @@ def test_beam_angles_static_and_arcs_by_hand():
 def test_dose_script_refuses_a_folder_that_is_not_a_case(tmp_path):
     run = subprocess.run([sys.executable, str(DOSE_SCRIPT), str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "not a raw case folder" in run.stderr
+
+
+def test_dose_script_refuses_a_degradation_without_its_destination(tmp_path):
+    case = tmp_path / "casesTr" / "c"
+    case.mkdir(parents=True)
+    run = subprocess.run([sys.executable, str(DOSE_SCRIPT), "--degrade_percent", "5", str(case)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
+    assert "--degraded_into and --candidates" in run.stderr and not list(case.iterdir())
+
+
+def test_degradation_blend_by_hand():
+    """Target at 60 Gy in the standard plan and 72 Gy in the unspared one (both before normalization to
+    D95 = 60 Gy), organ at 10 and 30 Gy: the blend a has organ (10 + 20 a) / (1 + 0.2 a) after
+    normalization; 13 Gy (+5 % of 60) at a = 3 / 17.4."""
+    target = np.zeros(20, bool)
+    target[:10] = True
+    organ = ~target
+    standard = np.where(target, 60.0, 10.0)
+    unspared = np.where(target, 72.0, 30.0)
+    a, dose, rise = blend_for_rise(standard, unspared, organ, {"PTV": target}, [(60.0, "PTV")], 3.0, Path("c"))
+    assert a == pytest.approx(3 / 17.4, abs=1e-6) and rise == pytest.approx(3.0, abs=1e-5) and rise >= 3.0
+    assert dose[target] == pytest.approx(60.0) and dose[organ].mean() == pytest.approx(13.0, abs=1e-5)
 
 
 def test_benchmark_refuses_a_missing_pyradplan_python_before_any_work(tmp_path):
@@ -158,3 +181,28 @@ def test_training_cases_nndose_refuses_are_left_out_of_every_dataset(tmp_path):
     for folder in (good, other):
         assert not (folder / "casesTr" / "phantom_000").exists()
         assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_pyradplan_python() is None, reason="no Python with pyRadPlan (NNDOSE_PYRADPLAN_PYTHON)")
+def test_pyradplan_degrades_one_parotid_by_the_asked_amount(tmp_path):
+    """--degrade_percent 5: one parotid's mean dose 5 % of Rx above the standard plan's, both plans at
+    D95 = Rx, the other organs about where they were."""
+    src = _phantom_dataset(tmp_path / "Dataset001_One")
+    case = src / "casesTr" / "phantom_000"
+    run = subprocess.run([_pyradplan_python(), str(DOSE_SCRIPT), "--degrade_percent", "5", "--degraded_into",
+                          str(tmp_path / "worse"), "--candidates", "Parotid_L,Parotid_R,Rectum", str(case)],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-500:]
+    record = json.loads(run.stdout.strip().splitlines()[-1])["degraded"]
+    rx = max(p["dose_gy"] for p in json.loads((case / "plan.json").read_text())["prescriptions"])
+    standard, _ = read_volume(case / "dose.nii.gz")
+    worse, _ = read_volume(tmp_path / "worse" / "phantom_000" / "dose.nii.gz")
+    masks = {p.name.removesuffix(".nii.gz"): read_volume(p)[0] > 0 for p in (case / "structures").glob("*.nii.gz")}
+    assert record["organ"] in ("Parotid_L", "Parotid_R") and 0 < record["unspared_fraction"] < 1
+    organ = masks[record["organ"]]
+    assert worse[organ].mean() - standard[organ].mean() == pytest.approx(0.05 * rx, abs=0.02)
+    for dose in (standard, worse):
+        assert np.percentile(dose[masks["PTV_high"]], 5) == pytest.approx(rx, rel=1e-3)
+    others = [n for n in masks if n not in (record["organ"], "PTV_high", "PTV_low", "Body")]
+    assert max(abs(worse[masks[n]].mean() - standard[masks[n]].mean()) for n in others) < 0.05 * rx

@@ -65,7 +65,9 @@ def test_technique_names_site_modality_and_a_turned_couch():
 
 
 @pytest.mark.parametrize("bad, message", [(["-tr", "Bogus"], "unknown trainer 'Bogus'"),
-                                          (["--degradation_percent", "0"], "must lie in (0, 100]")])
+                                          (["--degradation_percent", "0"], "must lie in (0, 100]"),
+                                          (["--engine", "pyradplan", "--pyradplan_python", "/no/python"],
+                                           "no such Python for pyRadPlan")])
 def test_bad_arguments_refused_in_one_line_before_any_work(bad, message, tmp_path):
     run = subprocess.run([sys.executable, "-m", "benchmarks.plan_qa", "-o", str(tmp_path / "r.json"),
                           "--work", str(tmp_path / "work"), "--n", "5", "--n_test", "1", "--epochs", "1", *bad],

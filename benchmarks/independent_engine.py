@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks import pipeline, pyradplan_dose
-from benchmarks.pyradplan_runner import (leave_out, pyradplan_python, pyradplan_version, refused_training_cases,
-                                         replan_dataset)
+from benchmarks.pyradplan_runner import leave_out_refused, pyradplan_python, pyradplan_version, replan_dataset
 from nndose.cli.common import run_cli
 from nndose.io.atomic import atomic_write_json
 from nndose.io.layout import DOSE_FILE, NIFTI, TEST_DIR
@@ -80,13 +79,14 @@ def main() -> None:
         analytic = pipeline.phantoms(ENGINES["phantom_engine"], "PhantomEngine", args.n, seed=7, num_processes=args.np)
     records_file = args.work / "pyradplan_cases.json"
     pyradplan = find_dataset(raw_root(), ENGINES["pyradplan"])
+    refused_file = args.work / "training_cases_left_out.json"
     if pyradplan is None or not records_file.is_file():
+        refused_file.unlink(missing_ok=True)
         t0 = time.time()
         pyradplan, records = replan_dataset(analytic, ENGINES["pyradplan"], "PyRadPlan", python, args.np)
         atomic_write_json(records_file, {"records": records, "seconds": time.time() - t0})
     replanned = json.loads(records_file.read_text())
-    refused = refused_training_cases([analytic, pyradplan])
-    leave_out([analytic, pyradplan], refused)
+    refused = leave_out_refused([analytic, pyradplan], refused_file)
     result = {"setup": {"n_phantoms": args.n, "held_out": len(list_cases(analytic, TEST_DIR)), "seed": 7,
                         "epochs": args.epochs, "iterations_per_epoch": args.iterations,
                         "network": "CPU plan (--small_network)" if args.small_network else "default plan",

@@ -2,11 +2,11 @@
 and leave the others alone?
 
 Prostate and head-and-neck IMRT/VMAT phantoms. A five-fold model is trained on plans of the standard
-style. Each held-out phantom is then planned twice by the phantom engine: in the model's style, and
-deliberately worse for one organ (the optimizer's weight of that organ lowered until its mean dose
-rises by --degradation_percent of the prescription; the candidate organs are the rectum and bladder,
-or the parotids; a phantom whose organs cannot be made that much worse, e.g. one lying in the
-target, is left out and counted). Plan QA runs on both sets. Reported for each flag rule (the
+style. Each held-out phantom is then planned twice by the phantom engine (or pyRadPlan, --engine): in
+the model's style, and deliberately worse for one organ (its mean dose raised by --degradation_percent
+of the prescription: the phantom engine lowers that organ's optimizer weight; pyRadPlan gives up part
+of its sparing, below; the candidate organs are the rectum and bladder, or the parotids; a phantom
+whose organs cannot be made that much worse, e.g. one lying in the target, is left out and counted). Plan QA runs on both sets. Reported for each flag rule (the
 tolerance and the folds' interval alone; margins calibrated on the folds' validation cases for 2, 5
 and 10 % false alarms; organs flagged on Dmean, the default, and on every metric): sensitivity (degraded organ flagged, also per organ), false alarms (organs of
 the standard plans flagged, and standard plans with any flag), and the degraded plans' other organs
@@ -30,13 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import pipeline
-from benchmarks.pyradplan_runner import leave_out, pyradplan_python, pyradplan_version, refused_training_cases, replan, replan_dataset
+from benchmarks.pyradplan_runner import leave_out_refused, pyradplan_python, pyradplan_version, replan, replan_dataset
 from nndose.cli.common import run_cli
 from nndose.datasets.degraded_plans import CANDIDATES, check_increase_percent
 from nndose.datasets.phantom_dose_engine import STYLES
 from nndose.datasets.phantoms import make_case, make_case_with_worse
 from nndose.devices import resolve_device
+from nndose.errors import NndoseError
 from nndose.inference.predictor import DosePredictor
+from nndose.io.atomic import staged_directory
 from nndose.io.layout import DATASET_JSON, FOLDS, PLAN_FILE, PLANS_FILE
 from nndose.io.plan_file import load_plan
 from nndose.io.raw_dataset import list_cases, write_case
@@ -85,26 +87,23 @@ def write_test_sets_pyradplan(first: int, n: int, seed: int, percent: float, out
                               num_processes: int = 1) -> dict:
     """write_test_sets with pyRadPlan's plans (benchmarks/pyradplan_dose.py --degrade_percent): the held-out
     phantoms' anatomy and beams, re-planned standard and degraded; built aside, moved into place when whole."""
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "standard").mkdir(parents=True)
-    shutil.copyfile(raw / DATASET_JSON, staging / DATASET_JSON)   # the dose script's structure kinds
-    map_with_progress(_write_phantom, [(i, seed, staging / "standard") for i in range(first, first + n)], num_processes,
-                      "test phantoms")
     candidates = ",".join(sorted({o for site in SITES for o in CANDIDATES[site]}))
-    records = replan(list_cases(staging, "standard"), python, num_processes,
-                     ("--degrade_percent", f"{percent:g}", "--degraded_into", str(staging / "degraded"),
-                      "--candidates", candidates))
     truth = {"degraded": {}, "left_out": []}
-    for record in records:
-        name, worse = record["case"], record["degraded"]
-        if worse is None:
-            truth["left_out"].append(name)
-            shutil.rmtree(staging / "standard" / name)
-        else:
-            truth["degraded"][name] = {"site": load_plan(staging / "standard" / name / PLAN_FILE).site, **worse}
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    with staged_directory(out, replace=True) as staging:
+        (staging / "standard").mkdir()
+        shutil.copyfile(raw / DATASET_JSON, staging / DATASET_JSON)   # the dose script's structure kinds
+        map_with_progress(_write_phantom, [(i, seed, staging / "standard") for i in range(first, first + n)],
+                          num_processes, "test phantoms")
+        records = replan(list_cases(staging, "standard"), python, num_processes,
+                         ("--degrade_percent", f"{percent:g}", "--degraded_into", str(staging / "degraded"),
+                          "--candidates", candidates))
+        for record in records:
+            name, worse = record["case"], record["degraded"]
+            if worse is None:
+                truth["left_out"].append(name)
+                shutil.rmtree(staging / "standard" / name)
+            else:
+                truth["degraded"][name] = {"site": load_plan(staging / "standard" / name / PLAN_FILE).site, **worse}
     return truth
 
 
@@ -182,7 +181,7 @@ def separability(standard: list, degraded: list, truth: dict, techniques: dict[s
             "by_technique": by_technique}
 
 
-def training_dataset(args, python: Path | None) -> tuple[int, dict]:
+def training_dataset(args, work: Path, python: Path | None) -> tuple[int, dict]:
     """The id of the dataset the folds train on, planned and preprocessed (phantoms in the model's style,
     their dose from the chosen engine; one beam channel per delivery with --beam_per_delivery), and what
     was done to make it."""
@@ -194,11 +193,12 @@ def training_dataset(args, python: Path | None) -> tuple[int, dict]:
     raw, dataset_id = phantom_raw, DATASET_IDS[args.engine]
     if args.engine == "pyradplan":
         raw = find_dataset(raw_root(), dataset_id)
+        refused_file = work / "pyradplan_training_cases_left_out.json"
         if raw is None:
+            refused_file.unlink(missing_ok=True)
             raw, _ = replan_dataset(phantom_raw, dataset_id, "QAPyRadPlan", python, args.np)
         made["pyradplan_version"] = pyradplan_version(python)
-        made["training_cases_left_out"] = refused_training_cases([raw])   # e.g. a hot spot nndose refuses
-        leave_out([raw], made["training_cases_left_out"])
+        made["training_cases_left_out"] = leave_out_refused([raw], refused_file)   # e.g. a hot spot nndose refuses
     if args.beam_per_delivery:
         dataset_id += 1
         raw = pipeline.copy_raw(raw, dataset_id, f"{raw.name.split('_', 1)[1]}_beam_per_delivery")
@@ -223,10 +223,12 @@ def main() -> None:
     args = ap.parse_args()
     trainer_class(args.trainer)   # an unknown trainer or degradation refused before any phantom is made
     check_increase_percent(args.degradation_percent)
+    if args.pyradplan_python is not None and args.engine != "pyradplan":
+        raise NndoseError("--pyradplan_python is for --engine pyradplan")
     python = pyradplan_python(args.pyradplan_python) if args.engine == "pyradplan" else None
     start = time.time()
     work = pipeline.use_work_folder(args.work, keep=args.reuse)
-    dataset_id, made = training_dataset(args, python)
+    dataset_id, made = training_dataset(args, work, python)
     raw = require_dataset(raw_root(), dataset_id, "raw")
     for fold in FOLDS:
         model = pipeline.train(dataset_id, args.epochs, args.iterations, args.device, fold=fold, reuse=args.reuse,
@@ -243,10 +245,12 @@ def main() -> None:
         else:
             truth = write_test_sets(args.n, args.n_test, 21, args.degradation_percent, sets, args.np)
         (sets / "truth.json").write_text(json.dumps(truth, indent=1))
+    if not truth["degraded"]:
+        raise NndoseError(f"no test phantom could be made {args.degradation_percent:g} % of Rx worse in one organ")
     predictor = DosePredictor(model, "3d_fullres", folds=list(FOLDS), device=resolve_device(args.device))
     runs = {}
+    reports = work / f"reports_{engine_tag}{args.degradation_percent:g}_percent{'_beam_per_delivery' * args.beam_per_delivery}"
     for label in ("standard", "degraded"):   # flagged with the default rule: margins from the folds' validation
-        reports = work / f"reports_{engine_tag}{args.degradation_percent:g}_percent{'_beam_per_delivery' * args.beam_per_delivery}"
         runs[label] = plan_qa(list_cases(sets, label), reports / label, predictor, Tolerance(), progress=False)
     oof = validation_cases(model, list(FOLDS))
     every_metric = [m.name for m in OAR_METRICS]

@@ -235,6 +235,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.degrade_percent is not None and not (0 < args.degrade_percent <= 100 and args.degraded_into and args.candidates):
         ap.error("--degrade_percent must lie in (0, 100] and come with --degraded_into and --candidates")
+    if args.degrade_percent is None and (args.degraded_into or args.candidates):
+        ap.error("--degraded_into and --candidates come with --degrade_percent")
     kinds_of: dict[Path, dict[str, str]] = {}   # per dataset.json: structure -> target, oar or body
     for case_dir in args.cases:
         dataset_json = case_dir.parent.parent / "dataset.json"

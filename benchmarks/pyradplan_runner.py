@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nndose.errors import NndoseError
+from nndose.io.atomic import atomic_write_json, staged_directory
 from nndose.io.layout import TEST_DIR, TRAIN_DIR
 from nndose.io.raw_dataset import list_cases, load_dataset_json, read_case, write_dataset_json
 from nndose.paths import dataset_folder_name, raw_root
@@ -52,13 +53,15 @@ def _replan_chunk(python: Path, cases: list[Path], options: tuple[str, ...]) -> 
 
 def replan(cases: list[Path], python: Path, num_processes: int, options: tuple[str, ...] = ()) -> list[dict]:
     """The dose script (with its `options`, e.g. a degradation) on raw case folders in place, a few cases
-    per call, `num_processes` calls at once; one record per case."""
+    per call, `num_processes` calls at once; one record per case, in the cases' order."""
     chunks = [cases[i:i + CASES_PER_CALL] for i in range(0, len(cases), CASES_PER_CALL)]
     records: list[dict] = []
     with ThreadPoolExecutor(max(1, num_processes)) as pool, tqdm(total=len(cases), desc="pyRadPlan", unit="case") as bar:
         for done in pool.map(lambda chunk: _replan_chunk(python, chunk, options), chunks):
             records += done
             bar.update(len(done))
+    if [r.get("case") for r in records] != [c.name for c in cases]:
+        raise NndoseError(f"pyRadPlan returned {len(records)} records for {len(cases)} cases")
     return records
 
 
@@ -66,22 +69,17 @@ def replan_dataset(src: Path, dataset_id: int, name: str, python: Path, num_proc
     """A copy of raw dataset `src` whose every case's dose (and machine) is pyRadPlan's; built aside and
     moved into place when complete."""
     final = raw_root() / dataset_folder_name(dataset_id, name)
-    staging = final.with_name(final.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(src, staging)
-    try:
+    with staged_directory(final, replace=True) as staging:
+        shutil.copytree(src, staging, dirs_exist_ok=True)
         records = replan(list_cases(staging, TRAIN_DIR) + list_cases(staging, TEST_DIR), python, num_processes)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    info = load_dataset_json(staging)
-    write_dataset_json(staging, replace(info, description=info.description.replace("analytic dose engine",
-                                                                                  "dose re-planned by pyRadPlan")))
-    staging.rename(final)
+        info = load_dataset_json(staging)
+        write_dataset_json(staging, replace(info, description=info.description.replace("analytic dose engine",
+                                                                                      "dose re-planned by pyRadPlan")))
     return final, records
 
 
 def pyradplan_version(python: Path) -> str:
+    """The version of pyRadPlan that `python` imports."""
     return subprocess.run([str(python), "-c", "import pyRadPlan; print(pyRadPlan.__version__)"],
                           capture_output=True, text=True, check=True).stdout.strip()
 
@@ -103,3 +101,14 @@ def leave_out(datasets: list[Path], cases: list[str]) -> None:
         write_dataset_json(folder, replace(load_dataset_json(folder), num_training=len(list_cases(folder, TRAIN_DIR))))
 
 
+def leave_out_refused(datasets: list[Path], record: Path) -> list[str]:
+    """Leave the training cases that nndose's checks refuse in any of `datasets` out of all of them; the
+    list is kept in `record` (a work folder's file), so a reused work folder, whose datasets no longer
+    hold them, still reports them. Remove `record` when the datasets are built anew."""
+    if record.is_file():
+        refused = json.loads(record.read_text())
+    else:
+        refused = refused_training_cases(datasets)
+        atomic_write_json(record, refused)
+    leave_out(datasets, refused)
+    return refused

@@ -54,13 +54,16 @@ def test_dose_script_refuses_a_folder_that_is_not_a_case(tmp_path):
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "not a raw case folder" in run.stderr
 
 
-def test_dose_script_refuses_a_degradation_without_its_destination(tmp_path):
+@pytest.mark.parametrize("options, message", [(["--degrade_percent", "5"], "--degraded_into and --candidates"),
+                                              (["--candidates", "Rectum"], "come with --degrade_percent")])
+def test_dose_script_refuses_half_a_degradation_before_any_work(options, message, tmp_path):
     case = tmp_path / "casesTr" / "c"
     case.mkdir(parents=True)
-    run = subprocess.run([sys.executable, str(DOSE_SCRIPT), "--degrade_percent", "5", str(case)],
-                         capture_output=True, text=True)
-    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
-    assert "--degraded_into and --candidates" in run.stderr and not list(case.iterdir())
+    (case / "plan.json").write_text("{}")
+    (tmp_path / "dataset.json").write_text("{}")
+    run = subprocess.run([sys.executable, str(DOSE_SCRIPT), *options, str(case)], capture_output=True, text=True)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and message in run.stderr
+    assert sorted(p.name for p in case.iterdir()) == ["plan.json"]
 
 
 def test_degradation_blend_by_hand():
@@ -200,6 +203,9 @@ def test_pyradplan_degrades_one_parotid_by_the_asked_amount(tmp_path):
     worse, _ = read_volume(tmp_path / "worse" / "phantom_000" / "dose.nii.gz")
     masks = {p.name.removesuffix(".nii.gz"): read_volume(p)[0] > 0 for p in (case / "structures").glob("*.nii.gz")}
     assert record["organ"] in ("Parotid_L", "Parotid_R") and 0 < record["unspared_fraction"] < 1
+    machine = json.loads((tmp_path / "worse" / "phantom_000" / "plan.json").read_text())["machine"]
+    assert machine == json.loads((case / "plan.json").read_text())["machine"] == {
+        "name": "pyradplan_generic_6MV", "sad_mm": 1000.0, "energy_mv": 6.0}
     organ = masks[record["organ"]]
     assert worse[organ].mean() - standard[organ].mean() == pytest.approx(0.05 * rx, abs=0.02)
     for dose in (standard, worse):

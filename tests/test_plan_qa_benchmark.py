@@ -1,5 +1,7 @@
 """The plan-QA benchmark's separability, pooled and per technique, on hand-built plans whose organ
-excesses are known; and what a plan's technique is."""
+excesses are known; what a plan's technique is; and its pyRadPlan test sets, built with a stand-in for
+the dose script."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.plan_qa import separability, technique
+from benchmarks.plan_qa import separability, technique, write_test_sets_pyradplan
+from nndose.datasets.phantom_anatomy import phantom_kinds
+from nndose.errors import NndoseError
+from nndose.io.raw_dataset import DatasetInfo, write_dataset_json
 from nndose.io.plan_file import Machine, Prescription, StaticBeam, TreatmentPlan
 from nndose.qa.compare import Tolerance, compare_case
 
@@ -74,3 +79,52 @@ def test_bad_arguments_refused_in_one_line_before_any_work(bad, message, tmp_pat
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert run.returncode == 2 and run.stderr.startswith("benchmarks.plan_qa: error: ") and message in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+# A stand-in for pyRadPlan's Python: it is called as `python pyradplan_dose.py OPTIONS CASE ...` and, like the
+# dose script, prints one record per case and copies a degraded case into --degraded_into; phantom_061's
+# organs cannot be made worse. With STAND_IN_FAILS set it fails like the script does, in one line.
+STAND_IN = """#!{python}
+import json, os, shutil, sys
+from pathlib import Path
+if os.environ.get("STAND_IN_FAILS"):
+    sys.exit("error: stand-in failure")
+args = sys.argv[2:]
+into = Path(args[args.index("--degraded_into") + 1])
+for case in (Path(a) for a in args if Path(a).is_dir() and Path(a) != into):
+    worse = None if case.name == "phantom_061" else {{"organ": "Rectum", "increase_gy": 3.0}}
+    if worse:
+        shutil.copytree(case, into / case.name)
+    print(json.dumps({{"case": case.name, "degraded": worse}}))
+"""
+
+
+@pytest.fixture
+def stand_in_python(tmp_path) -> Path:
+    python = tmp_path / "stand_in_python"
+    python.write_text(STAND_IN.format(python=sys.executable))
+    python.chmod(0o755)
+    return python
+
+
+def _raw_with_kinds(folder: Path) -> Path:
+    write_dataset_json(folder, DatasetInfo("QA", phantom_kinds(), ".nii.gz", 0, "kinds only"))
+    return folder
+
+
+def test_pyradplan_test_sets_keep_degradable_phantoms_and_list_the_rest(tmp_path, stand_in_python):
+    out = tmp_path / "sets"
+    truth = write_test_sets_pyradplan(60, 2, 21, 5.0, out, _raw_with_kinds(tmp_path / "raw"), stand_in_python)
+    assert truth["left_out"] == ["phantom_061"] and list(truth["degraded"]) == ["phantom_060"]
+    assert truth["degraded"]["phantom_060"] == {"site": "prostate", "organ": "Rectum", "increase_gy": 3.0}
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "degraded", "standard"]
+    assert [p.name for p in (out / "standard").iterdir()] == [p.name for p in (out / "degraded").iterdir()] == ["phantom_060"]
+    assert json.loads((out / "dataset.json").read_text())["structures"]["Rectum"]["kind"] == "oar"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "sets", "stand_in_python"]   # nothing staged left
+
+
+def test_pyradplan_test_sets_failing_leave_nothing(tmp_path, stand_in_python, monkeypatch):
+    monkeypatch.setenv("STAND_IN_FAILS", "1")
+    with pytest.raises(NndoseError, match="pyRadPlan failed on phantom_060..phantom_060: error: stand-in failure"):
+        write_test_sets_pyradplan(60, 1, 21, 5.0, tmp_path / "sets", _raw_with_kinds(tmp_path / "raw"), stand_in_python)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "stand_in_python"]

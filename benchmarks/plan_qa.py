@@ -4,13 +4,14 @@ and leave the others alone?
 Prostate and head-and-neck IMRT/VMAT phantoms. A five-fold model is trained on plans of the standard
 style. Each held-out phantom is then planned twice by the phantom engine (or pyRadPlan, --engine): in
 the model's style, and deliberately worse for one organ (its mean dose raised by --degradation_percent
-of the prescription: the phantom engine lowers that organ's optimizer weight; pyRadPlan gives up part
-of its sparing, below; the candidate organs are the rectum and bladder, or the parotids; a phantom
-whose organs cannot be made that much worse, e.g. one lying in the target, is left out and counted). Plan QA runs on both sets. Reported for each flag rule (the
-tolerance and the folds' interval alone; margins calibrated on the folds' validation cases for 2, 5
-and 10 % false alarms; organs flagged on Dmean, the default, and on every metric): sensitivity (degraded organ flagged, also per organ), false alarms (organs of
-the standard plans flagged, and standard plans with any flag), and the degraded plans' other organs
-flagged; with a sweep of tolerances. --reuse flags again from the work folder's trained folds.
+of the prescription: the phantom engine lowers that organ's optimizer weight; pyRadPlan gives up part of
+its sparing, below; the candidate organs are the rectum and bladder, or the parotids; a phantom whose
+organs cannot be made that much worse, e.g. one lying in the target, is left out and counted). Plan QA
+runs on both sets. Reported for each flag rule (the tolerance and the folds' interval alone; margins
+calibrated on the folds' validation cases for 2, 5 and 10 % false alarms; organs flagged on Dmean, the
+default, and on every metric): sensitivity (degraded organ flagged, also per organ), false alarms
+(organs of the standard plans flagged, and standard plans with any flag), and the degraded plans' other
+organs flagged; with a sweep of tolerances. --reuse flags again from the work folder's trained folds.
 
 python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu_5_percent.json --small_network -np 2 \
     --device cpu --epochs 40 --iterations 20 --n_test 96
@@ -19,6 +20,16 @@ another trainer (e.g. nndoseTrainer_MAE_DVH) on the same phantoms. On a GPU, the
 `-o benchmarks/results/plan_qa_phantoms_h100_5_percent.json --device cuda --n_test 96 -np 16`. A separability
 section says how far the model's accuracy lets any flag rule go (AUC of the degraded organ's Dmean excess),
 pooled and per technique (site, modality, non-coplanar), with how many training plans had that technique.
+
+--engine pyradplan plans the training phantoms and both test sets with an independent engine instead
+(pyRadPlan, benchmarks/pyradplan_dose.py in its own environment, as in benchmarks.independent_engine;
+training cases nndose's checks refuse are left out and listed): the degraded organ's fluence is a blend
+of the standard plan's and one optimized without that organ's objectives. The phantom engine's plans
+share the beam channel's rasterizer; these do not. --beam_per_delivery plans one beam channel per
+delivery. Datasets 970 (phantom engine) and 975 (pyRadPlan), + 1 per delivery, live side by side in a
+work folder kept with --reuse (the same phantoms), e.g. after the run above:
+`--reuse --engine pyradplan --n_test 48 -o benchmarks/results/plan_qa_phantoms_cpu_5_percent_pyradplan.json`,
+then `--reuse --engine pyradplan --beam_per_delivery` on the same test plans.
 """
 from __future__ import annotations
 

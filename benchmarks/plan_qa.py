@@ -90,8 +90,8 @@ def write_test_sets(first: int, n: int, seed: int, percent: float, out: Path, nu
 
 def _write_phantom(job: tuple) -> None:
     index, seed, out = job
-    anatomy, plan, dose = make_case(index, seed, STYLES["standard"], sites=SITES, modalities=MODALITIES)
-    write_case(out / f"phantom_{index:03d}", anatomy.grid, anatomy.ct, anatomy.structures, plan, dose)
+    anatomy, plan, _ = make_case(index, seed, STYLES["standard"], sites=SITES, modalities=MODALITIES)
+    write_case(out / f"phantom_{index:03d}", anatomy.grid, anatomy.ct, anatomy.structures, plan)   # dose: pyRadPlan's
 
 
 def write_test_sets_pyradplan(first: int, n: int, seed: int, percent: float, out: Path, raw: Path, python: Path,

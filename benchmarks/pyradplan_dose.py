@@ -35,6 +35,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,40 +71,57 @@ def _image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
     return img
 
 
-def structure_set(case_dir: Path, kinds: dict[str, str], plan: dict, unspared: str | None = None):
-    """pyRadPlan's CT and structure set, with objectives (none for the organ `unspared`), and the masks
-    (z, y, x) by name."""
-    from pyRadPlan.cst import OAR, ExternalVOI, Target, create_cst
+@dataclass(frozen=True)
+class Case:
+    """One raw case as pyRadPlan sees it: the CT (image and pyRadPlan's), the masks (z, y, x) by name, the
+    prescriptions [(dose_gy, target)] highest first, and the body mask."""
+    ct_img: sitk.Image
+    ct: object
+    masks: dict[str, np.ndarray]
+    rx: list[tuple[float, str]]
+    body: np.ndarray
+
+
+def load_case(case_dir: Path, kinds: dict[str, str], plan: dict) -> Case:
+    """The case's CT and masks, read once for every plan made of it."""
     from pyRadPlan.ct import create_ct
-    from pyRadPlan.optimization.objectives import MeanDose, SquaredDeviation, SquaredOverdosing
 
     ct_img = sitk.Cast(sitk.ReadImage(str(case_dir / "ct.nii.gz")), sitk.sitkFloat32)
-    ct = create_ct(cube_hu=ct_img)
     masks = {p.name.removesuffix(".nii.gz"): sitk.GetArrayFromImage(sitk.ReadImage(str(p))) > 0
              for p in sorted((case_dir / "structures").glob("*.nii.gz"))}
     rx = sorted(((p["dose_gy"], p["structure"]) for p in plan["prescriptions"] if p["structure"] in masks), reverse=True)
     if not rx:
         raise ValueError(f"{case_dir}: no prescribed target has a mask")
-    top_gy = rx[0][0]
-    vois, covered = [], np.zeros(ct_img.GetSize()[::-1], bool)
-    for dose_gy, name in rx:   # a lower-dose target is optimized outside the higher ones
-        own = masks[name] & ~covered
-        covered |= masks[name]
-        vois.append(Target(name=name, ct_image=ct, mask=_image(own.astype(np.uint8), ct_img),
+    body = next((masks[n] for n, k in kinds.items() if k == "body" and n in masks), None)
+    if body is None:
+        raise ValueError(f"{case_dir}: no body mask")
+    return Case(ct_img, create_ct(cube_hu=ct_img), masks, rx, body)
+
+
+def structure_set(case: Case, kinds: dict[str, str], unspared: str | None = None):
+    """pyRadPlan's structure set with objectives (none for the organ `unspared`)."""
+    from pyRadPlan.cst import OAR, ExternalVOI, Target, create_cst
+    from pyRadPlan.optimization.objectives import MeanDose, SquaredDeviation, SquaredOverdosing
+
+    def mask_image(mask: np.ndarray) -> sitk.Image:
+        return _image(mask.astype(np.uint8), case.ct_img)
+    top_gy = case.rx[0][0]
+    vois, covered = [], np.zeros_like(case.body)
+    for dose_gy, name in case.rx:   # a lower-dose target is optimized outside the higher ones
+        own = case.masks[name] & ~covered
+        covered |= case.masks[name]
+        vois.append(Target(name=name, ct_image=case.ct, mask=mask_image(own),
                            objectives=[SquaredDeviation(priority=TARGET_PRIORITY, d_ref=dose_gy)]))
-    for name, mask in masks.items():
+    for name, mask in case.masks.items():
         kind = kinds.get(name)
         if kind == "oar":
             objectives = [] if name == unspared else [MeanDose(priority=OAR_MEAN_PRIORITY, d_ref=0.0),
                                                       SquaredOverdosing(priority=OAR_MAX_PRIORITY, d_max=0.9 * top_gy)]
-            vois.append(OAR(name=name, ct_image=ct, mask=_image(mask.astype(np.uint8), ct_img), objectives=objectives))
+            vois.append(OAR(name=name, ct_image=case.ct, mask=mask_image(mask), objectives=objectives))
         elif kind == "body":
-            vois.append(ExternalVOI(name=name, ct_image=ct, mask=_image(mask.astype(np.uint8), ct_img),
+            vois.append(ExternalVOI(name=name, ct_image=case.ct, mask=mask_image(mask),
                                     objectives=[SquaredOverdosing(priority=BODY_MAX_PRIORITY, d_max=1.05 * top_gy)]))
-    body = next((masks[n] for n, k in kinds.items() if k == "body" and n in masks), None)
-    if body is None:
-        raise ValueError(f"{case_dir}: no body mask")
-    return ct_img, ct, create_cst(vois, ct=ct), masks, rx, body
+    return create_cst(vois, ct=case.ct)
 
 
 def _dose_array(dij, weights: np.ndarray) -> np.ndarray:
@@ -133,12 +151,6 @@ def normalized(dose: np.ndarray, masks: dict, rx: list, case_dir: Path) -> np.nd
     return dose * top_gy / d95
 
 
-def _write_dose(case_dir: Path, dose: np.ndarray, ct_img: sitk.Image) -> None:
-    tmp = case_dir / "dose.tmp.nii.gz"
-    sitk.WriteImage(_image(dose.astype(np.float32), ct_img), str(tmp), useCompression=True)
-    os.replace(tmp, case_dir / "dose.nii.gz")
-
-
 def blend_for_rise(standard: np.ndarray, unspared: np.ndarray, organ: np.ndarray, masks: dict, rx: list,
                    increase_gy: float, case_dir: Path, steps: int = 30) -> tuple[float, np.ndarray, float]:
     """(a, normalized dose, rise): the blend (1 - a) standard + a unspared of two unnormalized doses whose
@@ -157,6 +169,37 @@ def blend_for_rise(standard: np.ndarray, unspared: np.ndarray, organ: np.ndarray
     return best[0], best[1], float(best[1][organ].mean() - base)
 
 
+def _write_case_dose(case_dir: Path, dose: np.ndarray, case: Case, plan: dict) -> None:
+    """The dose and plan.json, its machine the one the dose was computed on (each written atomically)."""
+    tmp = case_dir / "dose.tmp.nii.gz"
+    sitk.WriteImage(_image(dose.astype(np.float32), case.ct_img), str(tmp), useCompression=True)
+    os.replace(tmp, case_dir / "dose.nii.gz")
+    tmp_plan = case_dir / "plan.json.tmp"
+    tmp_plan.write_text(json.dumps({**plan, "machine": dict(MACHINE)}, indent=2) + "\n")
+    os.replace(tmp_plan, case_dir / "plan.json")
+
+
+def degraded_plan(case: Case, kinds: dict[str, str], optimize, standard_raw: np.ndarray, candidates: list[str],
+                  increase_gy: float, case_dir: Path) -> tuple[dict, np.ndarray] | None:
+    """(what was degraded, the degraded normalized dose) of the candidate organ whose mean dose rises most
+    when unspared (`optimize(cst)`: that plan's unnormalized dose), its sparing partly given up so it
+    rises increase_gy; None when no candidate rises that much."""
+    standard = normalized(standard_raw, case.masks, case.rx, case_dir)
+    unspared = {}   # organ -> (its mean-dose rise when unspared, the unspared unnormalized dose)
+    for organ in (o for o in candidates if kinds.get(o) == "oar" and o in case.masks):
+        dose = optimize(structure_set(case, kinds, unspared=organ))
+        mask = case.masks[organ]
+        unspared[organ] = (float(normalized(dose, case.masks, case.rx, case_dir)[mask].mean() - standard[mask].mean()), dose)
+    organ = max(unspared, key=lambda o: unspared[o][0], default=None)
+    if organ is None or unspared[organ][0] < increase_gy:
+        return None
+    blend, worse, rise = blend_for_rise(standard_raw, unspared[organ][1], case.masks[organ], case.masks, case.rx,
+                                        increase_gy, case_dir)
+    return {"organ": organ, "unspared_fraction": blend, "increase_gy": rise,
+            "increase_percent_of_rx": 100 * rise / case.rx[0][0],
+            "rise_when_unspared_gy": {o: r for o, (r, _) in unspared.items()}}, worse
+
+
 def plan_case(case_dir: Path, kinds: dict[str, str], degrade: argparse.Namespace | None = None) -> dict:
     """Compute, normalize and write one case's dose (and, with `degrade`, its degraded copy); returns what
     was done."""
@@ -164,58 +207,37 @@ def plan_case(case_dir: Path, kinds: dict[str, str], degrade: argparse.Namespace
 
     start = time.time()
     plan = json.loads((case_dir / "plan.json").read_text())
-    ct_img, ct, cst, masks, rx, body = structure_set(case_dir, kinds, plan)
+    case = load_case(case_dir, kinds, plan)
+    cst = structure_set(case, kinds)
     gantry, couch = gantry_couch_angles(plan)
     pln = PhotonPlan(machine="Generic")
     pln.prop_stf = {"gantry_angles": gantry, "couch_angles": couch, "bixel_width": BIXEL_WIDTH_MM,
                     "iso_center": [list(plan["isocenter_mm"])] * len(gantry)}
-    stf = generate_stf(ct, cst, pln)
-    dij = calc_dose_influence(ct, cst, stf, pln)
+    stf = generate_stf(case.ct, cst, pln)
+    dij = calc_dose_influence(case.ct, cst, stf, pln)
+
+    def dose_of(weights) -> np.ndarray:   # unnormalized, zero outside the body
+        return np.where(case.body, _dose_array(dij, np.asarray(weights, dtype=float)), 0.0)
     modulated = plan["modality"] != "3D-CRT"
-    if modulated:
-        weights = np.asarray(fluence_optimization(ct, cst, stf, dij, pln), dtype=float)
-    else:
-        weights = open_field_weights(dij, masks, rx)
-    raw = np.where(body, _dose_array(dij, weights), 0.0)
-    dose = normalized(raw, masks, rx, case_dir)
+    raw = dose_of(fluence_optimization(case.ct, cst, stf, dij, pln) if modulated else open_field_weights(dij, case.masks, case.rx))
     record = {"case": case_dir.name, "beams": len(gantry), "bixels": int(dij.total_num_of_bixels)}
     if degrade is not None:
         record["degraded"] = None
-        increase_gy = degrade.degrade_percent / 100 * rx[0][0]
-        unspared = {}   # organ -> (its mean-dose rise when unspared, the unspared unnormalized dose)
-        for organ in (o for o in degrade.candidates if modulated and kinds.get(o) == "oar" and o in masks):
-            _, _, cst_unspared, _, _, _ = structure_set(case_dir, kinds, plan, unspared=organ)
-            dose_unspared = np.where(body, _dose_array(dij, np.asarray(
-                fluence_optimization(ct, cst_unspared, stf, dij, pln), dtype=float)), 0.0)
-            rise = normalized(dose_unspared, masks, rx, case_dir)[masks[organ]].mean() - dose[masks[organ]].mean()
-            unspared[organ] = (float(rise), dose_unspared)
-        organ = max(unspared, key=lambda o: unspared[o][0], default=None)
-        if organ is not None and unspared[organ][0] >= increase_gy:
-            blend, worse, rise = blend_for_rise(raw, unspared[organ][1], masks[organ], masks, rx, increase_gy, case_dir)
+        worse = degraded_plan(case, kinds, lambda cst_unspared: dose_of(fluence_optimization(case.ct, cst_unspared, stf, dij, pln)),
+                              raw, degrade.candidates if modulated else [], degrade.degrade_percent / 100 * case.rx[0][0],
+                              case_dir)
+        if worse is not None:
+            record["degraded"], dose = worse
             out = Path(degrade.degraded_into) / case_dir.name
-            staging = out.with_name(out.name + ".partial")
+            staging = out.with_name(out.name + ".partial")   # nndose's staged_directory is not importable here
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(case_dir, staging)
-            _write_dose(staging, worse, ct_img)
-            _write_plan_machine(staging)
+            _write_case_dose(staging, dose, case, plan)
             shutil.rmtree(out, ignore_errors=True)
             os.replace(staging, out)
-            record["degraded"] = {"organ": organ, "unspared_fraction": blend, "increase_gy": rise,
-                                  "increase_percent_of_rx": 100 * rise / rx[0][0],
-                                  "rise_when_unspared_gy": {o: r for o, (r, _) in unspared.items()}}
-    _write_dose(case_dir, dose, ct_img)
-    _write_plan_machine(case_dir)
+    _write_case_dose(case_dir, normalized(raw, case.masks, case.rx, case_dir), case, plan)
     record["seconds"] = round(time.time() - start, 1)
     return record
-
-
-def _write_plan_machine(case_dir: Path) -> None:
-    """plan.json's machine set to the one the dose was computed on (atomic)."""
-    plan = json.loads((case_dir / "plan.json").read_text())
-    plan["machine"] = dict(MACHINE)
-    tmp_plan = case_dir / "plan.json.tmp"
-    tmp_plan.write_text(json.dumps(plan, indent=2) + "\n")
-    os.replace(tmp_plan, case_dir / "plan.json")
 
 
 class _Parser(argparse.ArgumentParser):

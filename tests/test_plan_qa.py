@@ -150,7 +150,7 @@ def test_an_excess_the_model_is_known_to_make_is_not_flagged(trained, capsys, tm
     dmean = next(m for s in qa["structures"] if s["name"] == organ for m in s["metrics"] if m["name"] == "Dmean")
     assert dmean["excess"] == pytest.approx(5.0, abs=1e-3) and dmean["margin"] >= 6.0 and not dmean["flagged"]
     assert "within the model's validated error" in dmean["reason"] and organ not in qa["flagged_organs"]
-    assert qa["calibration"] == {"false_alarm": 0.05, "cases": 40, "kinds": ["oar"], "source": "fold validation",
+    assert qa["calibration"] == {"false_alarm": 0.05, "cases": 40, "kinds": ["oar"], "scaled_kinds": [], "source": "fold validation",
                                  "calibration_rate": {"oar": pytest.approx(2 / 40)},   # the top two, left out
                                  "organ_flag_metrics": ["Dmean"]}
     cohort = json.loads((tmp_path / "calibrated/qa.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 
 from nndose.errors import NndoseError
 from nndose.io.layout import VALIDATION_DIR, VALIDATION_DVH_FILE, fold_folder
-from nndose.qa.calibration import OWN_TAIL, calibrate, conformal_quantile, fewest_structures, validation_cases
+from nndose.qa.calibration import SCALED_FROM, basis_in_words, calibrate, conformal_quantile, fewest_structures, validation_cases
 from nndose.qa.compare import METRICS, compare_metric
 
 OAR = {m.name: m for m in METRICS["oar"]}
@@ -50,28 +50,39 @@ def test_margins_by_hand():
     assert cal.margins_for("Rectum", "oar", 35.0)["Dmean"] == pytest.approx(8.5)
     # an organ never validated borrows the pooled margins (here the same cases), targets stay uncalibrated
     assert cal.margins_for("Bladder", "oar", 70.0) == margins and cal.margins_for("PTV", "target", 70.0) is None
-    assert cal.summary() == {"false_alarm": 0.10, "cases": 19, "kinds": ["oar"], "source": "fold validation",
+    assert cal.summary() == {"false_alarm": 0.10, "cases": 19, "kinds": ["oar"], "scaled_kinds": [], "source": "fold validation",
                              "calibration_rate": {"oar": pytest.approx(1 / 19)}, "organ_flag_metrics": EVERY}
     # by default organs are calibrated (and flagged) on Dmean alone
     assert list(calibrate(cases, false_alarm=0.10).margins_for("Rectum", "oar", 70.0)) == ["Dmean"]
 
 
-def test_a_structure_gets_its_own_margins_once_enough_of_its_values_lie_beyond():
-    """OWN_TAIL (5) of its values expected beyond the margin: n a >= 5. At a = 0.10, 50 cases of each of
-    two organs give each its own margins; 49 give both the pooled ones."""
-    assert OWN_TAIL == 5
+def _two_organs(n: int) -> list[dict]:
+    """n cases (n even): the rectum's Dmean -1 or +1 Gy off the prediction, the bladder's 1 or 5 Gy, half
+    the cases each way: the bladder errs 3 Gy more on average and spreads twice as wide."""
+    return [_case({"Rectum": ("oar", {"Dmean": (-1.0, 1.0)[i % 2]}), "Bladder": ("oar", {"Dmean": (1.0, 5.0)[i % 2]})})
+            for i in range(n)]
 
-    def two_organs(n):   # the rectum's Dmean 0, 1, ..., n - 1 Gy worse; the bladder exact
-        return [_case({"Rectum": ("oar", {"Dmean": float(w)}), "Bladder": ("oar", {})}) for w in range(n)]
-    cal = calibrate(two_organs(50), false_alarm=0.10)
-    # own: the ceil(51 * 0.9) = 46th smallest of 0..49 = 45 Gy, and the bladder's 0. Left out, rectum values
-    # 45..49 lie beyond the 45th smallest of the 49 others (44): 5 of 100 structures, 5 % <= 10 %
-    assert cal.levels == {"oar": pytest.approx(0.10)} and cal.calibration_rate == {"oar": pytest.approx(0.05)}
-    assert cal.margins_for("Rectum", "oar", 70.0) == {"Dmean": pytest.approx(45.0)}
-    assert cal.margins_for("Bladder", "oar", 70.0) == {"Dmean": 0.0}
-    pooled = calibrate(two_organs(49), false_alarm=0.10)
+
+def test_each_organ_gets_margins_scaled_to_its_own_error():
+    """SCALED_FROM (20) values of an organ give it margin = mean + q sd. By hand, 20 cases at false alarm
+    10 %: rectum mean 0, sd sqrt(20/19); bladder mean 3, sd 2 sqrt(20/19); every standardized error is
+    -+sqrt(19/20), q the ceil(41 x 0.9) = 37th smallest of 40 = +sqrt(19/20): margins 1 and 5 Gy. Pooled
+    margins would give both organs the 37th smallest of -1 (10), 1 (20), 5 (10): 5 Gy; the scaled ones
+    are smaller on average and no value lies beyond them left out, so they are kept."""
+    assert SCALED_FROM == 20
+    cal = calibrate(_two_organs(20), false_alarm=0.10)
+    assert cal.levels == {"oar": pytest.approx(0.10)} and cal.calibration_rate == {"oar": 0.0}
+    assert cal.margins_for("Rectum", "oar", 70.0) == {"Dmean": pytest.approx(1.0)}
+    assert cal.margins_for("Bladder", "oar", 70.0) == {"Dmean": pytest.approx(5.0)}
+    assert cal.margins_for("Esophagus", "oar", 70.0) == {"Dmean": pytest.approx(5.0)}   # never validated: pooled
+    assert cal.summary()["scaled_kinds"] == ["oar"]
+    assert basis_in_words(cal.summary())[0] == "organs at risk (each scaled to its own error)"
+    # a rectum 1.5 Gy worse than predicted is beyond its margin; the pooled margin would have let it pass
+    assert compare_metric(OAR["Dmean"], 21.5, 20.0, [20.0, 20.0], 0.0, margin=cal.margins_for("Rectum", "oar", 70.0)["Dmean"]).flagged
+    # 18 cases: too few for scaled margins, both organs get the pooled 5 Gy (the 18th smallest of 36)
+    pooled = calibrate(_two_organs(18), false_alarm=0.10)
     assert pooled.margins["oar"] == {}
-    assert pooled.margins_for("Rectum", "oar", 70.0) == pooled.margins_for("Bladder", "oar", 70.0)
+    assert pooled.margins_for("Rectum", "oar", 70.0) == pooled.margins_for("Bladder", "oar", 70.0) == {"Dmean": pytest.approx(5.0)}
 
 
 def _crossed(n: int) -> list[dict]:
@@ -138,10 +149,9 @@ def test_the_margin_decides_between_tolerance_and_flag():
 def test_false_alarms_on_fresh_plans_stay_near_the_chosen_rate():
     """Simulated plans of the training style: each organ's metrics err around an organ-specific bias
     with correlated noise. Calibrated on 300 cases, at most ~5 % of the organs of 3000 new ones are
-    flagged (the guarantee holds for exchangeable cases), on Dmean alone (the default: each organ its
-    own margin, 300 * 0.05 = 15 >= OWN_TAIL values beyond it) or on every metric (a level near 1 %, too
-    few values beyond for own margins: pooled ones). A 4-sigma Dmean degradation is found on Dmean alone;
-    on every metric, the false alarms shared seven ways, less often."""
+    flagged (the guarantee holds for exchangeable cases), on Dmean alone (the default) or on every metric,
+    each organ's margins scaled to its own error (widest for the organ erring most). A 4-sigma Dmean
+    degradation is found on Dmean alone; on every metric, the false alarms shared seven ways, less often."""
     rng = np.random.default_rng(0)
     organs = {"Rectum": (1.0, 1.5), "Bladder": (-0.5, 1.0), "FemoralHead_L": (3.0, 2.5)}   # bias, sigma (Gy)
 
@@ -158,7 +168,8 @@ def test_false_alarms_on_fresh_plans_stay_near_the_chosen_rate():
     found = {}
     for flag_metrics in (["Dmean"], EVERY):
         cal = calibrate(calibration_cases, false_alarm=0.05, organ_flag_metrics=flag_metrics)
-        assert bool(cal.margins["oar"]) == (flag_metrics == ["Dmean"])   # own margins, or pooled
+        dmean = {name: cal.margins_for(name, "oar", 70.0)["Dmean"] for name in organs}   # scaled to each organ's error
+        assert dmean["Bladder"] < dmean["Rectum"] < dmean["FemoralHead_L"]
 
         def flagged(name, excess):   # any flag metric of the organ beyond its margin (tolerance 0, folds agree)
             margins = cal.margins_for(name, "oar", 70.0)
@@ -207,3 +218,27 @@ def test_flagged_again_with_margins_as_if_compared_with_them():
     # on Dmean alone, the same cases: the rectum flags nowhere (D2 is shown only)
     dmean = with_tolerance(qa, Tolerance(), calibrate(cases, 0.05))
     assert not dmean.structure("Rectum").flagged and not dmean.structure("Rectum").metric("D2").can_flag
+
+
+def test_scaled_margins_spread_the_false_alarms_over_the_organs(monkeypatch):
+    """One pooled margin is as wide as the worst-predicted organ needs: it flags that organ's normal plans
+    often and a well-predicted organ's almost never. Scaled to each organ's error, every organ of fresh
+    plans is flagged near the chosen rate, and a degradation of 3 sigma of the well-predicted organ is
+    found far more often."""
+    rng = np.random.default_rng(1)
+    organs = {"Bladder": 0.5, "Rectum": 1.0, "SpinalCord": 4.0}   # sigma (Gy) of each organ's Dmean error
+
+    def draw(n):
+        return [{name: ("oar", {"Dmean": float(rng.normal(0, sigma))}) for name, sigma in organs.items()} for _ in range(n)]
+    calibration_cases, fresh = [_case(s) for s in draw(200)], draw(4000)
+
+    def rates(cal, shift=0.0):   # per organ, the fraction of fresh plans flagged, Dmean raised by shift x sigma
+        return {name: np.mean([s[name][1]["Dmean"] + shift * sigma > cal.margins_for(name, "oar", 70.0)["Dmean"]
+                               for s in fresh]) for name, sigma in organs.items()}
+    scaled = calibrate(calibration_cases, false_alarm=0.05)
+    monkeypatch.setattr("nndose.qa.calibration.SCALED_FROM", 10 ** 9)
+    pooled = calibrate(calibration_cases, false_alarm=0.05)
+    assert sorted(scaled.margins["oar"]) == sorted(organs) and pooled.margins["oar"] == {}
+    assert all(0.01 < r < 0.10 for r in rates(scaled).values())
+    assert rates(pooled)["SpinalCord"] > 0.10 and rates(pooled)["Bladder"] < 0.001
+    assert rates(scaled, 3.0)["Bladder"] > 0.5 > 0.01 > rates(pooled, 3.0)["Bladder"]

@@ -7,13 +7,17 @@ without case names). For every structure and flag metric (qa.compare.flag_specs:
 every target metric), w = how much worse the plan is than the prediction (planned - predicted;
 predicted - planned where lower is worse), for a dose as a fraction of the case's reference dose: the
 network predicts dose relative to it, and its errors scale with it. A metric's margin is a conformal
-quantile of w at level 1 - a (the ceil((n + 1)(1 - a))-th smallest of n values): the structure's own
-values where at least OWN_TAIL of them are expected beyond it (n a >= OWN_TAIL; fewer, and the margin
-would be one of its few largest values, too noisy a threshold), else the values of every structure of
-its kind pooled. The level a is one for all flag metrics of a kind, the largest in LEVELS * false_alarm
-at which at most `false_alarm` of the calibration structures have any flag metric beyond its margin (a
-structure with several flag metrics gets a below false_alarm), each structure's value checked against
-margins learnt without that value (leave one out). A kind where no level gets there stays uncalibrated.
+quantile of w at level 1 - a (the ceil((n + 1)(1 - a))-th smallest of n values) of every structure of its
+kind pooled, or scaled to each structure's own error: a structure with at least SCALED_FROM values gets
+margin = location + q x scale (the mean and standard deviation of its w), q the conformal quantile of the
+standardized errors (w - location) / scale of all such structures (a structure the model predicts well
+gets a tight margin, a poorly predicted one a wide one, instead of one margin as wide as the worst organs
+need); structures with fewer values keep the pooled margin. The level a is one for all flag metrics of a
+kind, the largest in LEVELS * false_alarm at which at most `false_alarm` of the calibration structures
+have any flag metric beyond its margin (a structure with several flag metrics gets a below false_alarm),
+each structure's value checked against margins learnt without that value (leave one out), found for
+pooled and for scaled margins; of the two, the one whose margins are smaller on average (in units of each
+metric's spread) is kept. A kind where no level gets there stays uncalibrated.
 Plans made like the training plans then have at most about `false_alarm` of their structures flagged
 (exchangeable cases). Single folds err more than the ensemble plan QA compares with, so fold-validation
 margins err on the side of fewer flags.
@@ -33,12 +37,14 @@ from nndose.qa.compare import DEFAULT_ORGAN_FLAG_METRICS, KIND_NAMES, METRICS, c
 
 DEFAULT_FALSE_ALARM = 0.05
 LEVELS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)   # the per-metric level a, as fractions of false_alarm
-OWN_TAIL = 5   # a structure gets margins of its own when this many of its values are expected beyond them
+SCALED_FROM = 20   # a structure with this many calibration values gets margins scaled to its own error
+TINY_SCALE = 1e-9
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Margins {kind: {structure: {metric: margin}}} of the structures seen often enough, pooled margins
+    """Margins {kind: {structure: {metric: margin}}} of the structures seen often enough (scaled to their
+    own error; empty where the kind's margins are pooled), pooled margins
     {kind: {metric: margin}} for the others, and the per-metric level a chosen for each kind. Margins of
     doses are fractions of the reference dose; of V-x, percentage points."""
     false_alarm: float
@@ -61,8 +67,8 @@ class Calibration:
 
     def summary(self) -> dict:
         return {"false_alarm": self.false_alarm, "cases": self.cases, "source": self.source,
-                "kinds": sorted(self.levels), "calibration_rate": self.calibration_rate,
-                "organ_flag_metrics": list(self.organ_flag_metrics)}
+                "kinds": sorted(self.levels), "scaled_kinds": sorted(k for k, own in self.margins.items() if own),
+                "calibration_rate": self.calibration_rate, "organ_flag_metrics": list(self.organ_flag_metrics)}
 
     def to_json(self) -> dict:
         return {**self.summary(), "margin_units": "doses: fraction of the reference dose; V-x: percentage points",
@@ -73,8 +79,9 @@ def basis_in_words(summary: dict) -> tuple[str, str, str]:
     """(the kinds calibrated, where their margins were learnt, the kinds left uncalibrated), in words,
     from a Calibration.summary(); '' where no kind was left uncalibrated."""
     source = "held-out calibration plans" if summary.get("source") == "calibration cases" else "validation cases of the folds"
-    return (" and ".join(KIND_NAMES.get(k, k) for k in summary["kinds"]), source,
-            " and ".join(name for k, name in KIND_NAMES.items() if k not in summary["kinds"]))
+    scaled = summary.get("scaled_kinds", ())
+    calibrated = " and ".join(KIND_NAMES.get(k, k) + " (each scaled to its own error)" * (k in scaled) for k in summary["kinds"])
+    return calibrated, source, " and ".join(name for k, name in KIND_NAMES.items() if k not in summary["kinds"])
 
 
 def _rank(n: int, level_out: float) -> int:
@@ -121,32 +128,65 @@ def _enough_when_left_out(n: int, level_out: float) -> bool:
     return _rank(n - 1, level_out) <= n - 1
 
 
-def _own_allowed(n: int, level_out: float) -> bool:
-    """Whether n values of one structure give it margins of its own at this level: OWN_TAIL of them
-    expected beyond, and enough with one left out."""
-    return n * level_out >= OWN_TAIL - 1e-9 and _enough_when_left_out(n, level_out)
+def _location_scale(values: np.ndarray) -> tuple[float, float]:
+    """A structure's typical error and its spread: mean and standard deviation (floored, so a structure
+    predicted exactly still has a scale)."""
+    return float(np.mean(values)), max(float(np.std(values, ddof=1)), TINY_SCALE)
 
 
-def _kind_margins(structures: dict[str, list[dict[str, float]]], level_out: float, own_allowed: bool):
-    """Own margins of the structures whose values suffice for them (when own_allowed, _own_allowed),
-    pooled ones for the rest; None when the pool itself is too small."""
+def _scaled_margins(groups: list[np.ndarray], level_out: float) -> list[float] | None:
+    """Each structure's margin location + q x scale, q the conformal quantile of every value's
+    standardized error (w - location) / scale; None when the values are too few for that level."""
+    stats = [_location_scale(g) for g in groups]
+    q = conformal_quantile(np.concatenate([(g - loc) / sc for g, (loc, sc) in zip(groups, stats)]), level_out)
+    return None if math.isinf(q) else [loc + q * sc for loc, sc in stats]
+
+
+def _scaled_beyond_when_left_out(groups: list[np.ndarray], level_out: float) -> list[np.ndarray]:
+    """For each value of each structure, whether it exceeds the scaled margin learnt without it: its
+    structure's location and scale from its other values, q from every standardized error but its own."""
+    standardized = [(g - loc) / sc for g, (loc, sc) in ((g, _location_scale(g)) for g in groups)]
+    out = []
+    for i, g in enumerate(groups):
+        others = np.concatenate([np.zeros(0)] + standardized[:i] + standardized[i + 1:])
+        beyond = np.zeros(len(g), bool)
+        for j in range(len(g)):
+            rest = np.delete(g, j)
+            loc, sc = _location_scale(rest)
+            beyond[j] = (g[j] - loc) / sc > conformal_quantile(np.concatenate([others, (rest - loc) / sc]), level_out)
+        out.append(beyond)
+    return out
+
+
+def _values(structures: dict[str, list[dict[str, float]]], names, metric: str) -> list[np.ndarray]:
+    return [np.array([r[metric] for r in structures[name]]) for name in names]
+
+
+def _kind_margins(structures: dict[str, list[dict[str, float]]], level_out: float, scaled: bool):
+    """(scaled margins of the structures with at least SCALED_FROM values, when `scaled`, pooled margins
+    for the rest); None when the pool itself is too small for this level."""
     rows = [r for rs in structures.values() for r in rs]
     if not _enough_when_left_out(len(rows), level_out):
         return None
-    own = {name: _margins(rs, level_out) for name, rs in structures.items()
-           if own_allowed and _own_allowed(len(rs), level_out)}
+    names = [name for name, rs in structures.items() if scaled and len(rs) >= SCALED_FROM]
+    own = {name: {} for name in names}
+    for m in rows[0] if names else ():
+        margins = _scaled_margins(_values(structures, names, m), level_out)
+        if margins is None:   # too few values in all for this level: every structure pooled
+            return {}, _margins(rows, level_out)
+        for name, margin in zip(names, margins):
+            own[name][m] = margin
     return own, _margins(rows, level_out)
 
 
 def _structures_beyond(structures: dict[str, list[dict[str, float]]], own: dict, level_out: float) -> list[bool]:
     """For each calibration structure, whether any metric exceeds the margin learnt without its value
-    (among its own values where it has own margins, else among the pool)."""
+    (scaled, for the structures with scaled margins; else the pool's)."""
     rows = [(name, i) for name, rs in structures.items() for i in range(len(rs))]
     metrics = list(next(iter(structures.values()))[0])
     pooled = {m: _beyond_when_left_out([structures[n][i][m] for n, i in rows], level_out) for m in metrics}
-    own_beyond = {name: {m: _beyond_when_left_out([r[m] for r in structures[name]], level_out) for m in metrics}
-                  for name in own}
-    return [any(own_beyond[name][m][i] for m in metrics) if name in own else any(pooled[m][j] for m in metrics)
+    scaled = {m: dict(zip(own, _scaled_beyond_when_left_out(_values(structures, own, m), level_out))) for m in metrics}
+    return [any(scaled[m][name][i] for m in metrics) if name in own else any(pooled[m][j] for m in metrics)
             for j, (name, i) in enumerate(rows)]
 
 
@@ -174,20 +214,37 @@ def _excess_rows(cases: list[dict], organ_flag_metrics) -> dict[str, dict[str, l
     return excess
 
 
-def _choose_level(structures: dict[str, list[dict[str, float]]], false_alarm: float):
-    """(level, rate left out, own margins, pooled margins) at the largest level, own margins preferred,
-    whose rate is at most false_alarm; None when none is."""
+def _largest_level(structures: dict[str, list[dict[str, float]]], false_alarm: float, scaled: bool):
+    """(level, rate left out, scaled margins, pooled margins) at the largest level whose rate is at most
+    false_alarm; None when none is."""
     for fraction in LEVELS:
         level_out = fraction * false_alarm
-        for own_allowed in (True, False):
-            chosen = _kind_margins(structures, level_out, own_allowed)
-            if chosen is None:
-                return None   # the pool is too small at this level and at every lower one
-            own, shared = chosen
-            rate = float(np.mean(_structures_beyond(structures, own, level_out)))
-            if rate <= false_alarm:
-                return level_out, rate, own, shared
+        chosen = _kind_margins(structures, level_out, scaled)
+        if chosen is None:
+            return None   # the pool is too small at this level and at every lower one
+        own, shared = chosen
+        rate = float(np.mean(_structures_beyond(structures, own, level_out)))
+        if rate <= false_alarm:
+            return level_out, rate, own, shared
     return None
+
+
+def _typical_margin(structures: dict[str, list[dict[str, float]]], own: dict, pooled: dict) -> float:
+    """The margin a calibration structure meets on average, each metric in units of its spread over every
+    structure: the smaller, the smaller the excess the margins let through."""
+    total = 0.0
+    for m in pooled:
+        spread = max(float(np.std([r[m] for rs in structures.values() for r in rs])), TINY_SCALE)
+        total += sum(len(rs) * (own[name][m] if name in own else pooled[m]) for name, rs in structures.items()) / spread
+    return total / sum(len(rs) for rs in structures.values())
+
+
+def _choose_level(structures: dict[str, list[dict[str, float]]], false_alarm: float):
+    """(level, rate left out, scaled margins, pooled margins): for scaled margins and for pooled ones the
+    largest level whose rate is at most false_alarm, then of the two the one with the smaller typical
+    margin (pooled ones when equal, as for a single structure); None when neither has such a level."""
+    candidates = [c for c in (_largest_level(structures, false_alarm, scaled) for scaled in (False, True)) if c]
+    return min(candidates, key=lambda c: _typical_margin(structures, c[2], c[3]), default=None)
 
 
 def calibrate(cases: list[dict], false_alarm: float = DEFAULT_FALSE_ALARM,

@@ -250,9 +250,9 @@ def _choose_level(structures: dict[str, list[dict[str, float]]], false_alarm: fl
 def calibrate(cases: list[dict], false_alarm: float = DEFAULT_FALSE_ALARM,
               organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> Calibration | None:
     """The margins of the flag metrics from calibration cases ({"reference_dose_gy", "structures": {name:
-    {"kind", "planned", "predicted"}}}). Per kind the largest level (own margins preferred to pooled ones
-    at a level) at which, left out, at most `false_alarm` of the structures are beyond; a kind where no
-    level gets there is left uncalibrated (None: every kind)."""
+    {"kind", "planned", "predicted"}}}). Per kind the largest level at which, left out, at most
+    `false_alarm` of the structures are beyond, with scaled or pooled margins, whichever are tighter
+    (_choose_level); a kind where no level gets there is left uncalibrated (None: every kind)."""
     if not 0 < false_alarm < 1:
         raise NndoseError(f"false alarm rate {false_alarm} must lie between 0 and 1")
     organ_flag_metrics = check_flag_metrics(organ_flag_metrics)

@@ -75,13 +75,17 @@ def test_each_organ_gets_margins_scaled_to_its_own_error():
     assert cal.margins_for("Rectum", "oar", 70.0) == {"Dmean": pytest.approx(1.0)}
     assert cal.margins_for("Bladder", "oar", 70.0) == {"Dmean": pytest.approx(5.0)}
     assert cal.margins_for("Esophagus", "oar", 70.0) == {"Dmean": pytest.approx(5.0)}   # never validated: pooled
+    # the model's bias on each: the mean of its errors (0 and 3 Gy at 70 Gy, in proportion at 35 Gy); none pooled
+    assert cal.biases_for("Rectum", "oar", 70.0) == {"Dmean": pytest.approx(0.0)}
+    assert cal.biases_for("Bladder", "oar", 35.0) == {"Dmean": pytest.approx(1.5)}
+    assert cal.biases_for("Esophagus", "oar", 70.0) == {} and cal.to_json()["biases"]["oar"]["Bladder"]["Dmean"] == pytest.approx(3 / 70)
     assert cal.summary()["scaled_kinds"] == ["oar"]
     assert basis_in_words(cal.summary())[0] == "organs at risk (each scaled to its own error)"
     # a rectum 1.5 Gy worse than predicted is beyond its margin; the pooled margin would have let it pass
     assert compare_metric(OAR["Dmean"], 21.5, 20.0, [20.0, 20.0], 0.0, margin=cal.margins_for("Rectum", "oar", 70.0)["Dmean"]).flagged
     # 18 cases: too few for scaled margins, both organs get the pooled 5 Gy (the 18th smallest of 36)
     pooled = calibrate(_two_organs(18), false_alarm=0.10)
-    assert pooled.margins["oar"] == {}
+    assert pooled.margins["oar"] == {} and pooled.biases_for("Bladder", "oar", 70.0) == {}
     assert pooled.margins_for("Rectum", "oar", 70.0) == pooled.margins_for("Bladder", "oar", 70.0) == {"Dmean": pytest.approx(5.0)}
 
 
@@ -144,6 +148,30 @@ def test_the_margin_decides_between_tolerance_and_flag():
     assert not within.flagged and "within the model's validated error (6.0 Gy)" in within.reason
     # a negative margin (the model over-predicts this metric) never lowers the tolerance
     assert not compare_metric(spec, 21.5, 20.0, [19.5, 20.5], 2.0, margin=-3.0).flagged
+
+
+def test_the_tolerance_and_interval_are_measured_from_the_prediction_corrected_by_the_bias():
+    """The model over-predicts this organ by 1 Gy (bias -1, margin -1 + 2.5 = 1.5 Gy): a plan 1.6 Gy above
+    the prediction is 2.6 Gy above the corrected 19 Gy, beyond the 2 Gy tolerance, the interval moved to
+    [18.5, 20.5] - 1 and the margin: flagged; without the bias, within the tolerance. A model that
+    under-predicts by 1 Gy (bias +1, margin 3.5) lets 2.9 Gy pass that the tolerance alone would flag."""
+    spec, target = OAR["Dmean"], METRICS["target"][0]   # D95: lower is worse
+    over = compare_metric(spec, 21.6, 20.0, [19.5, 20.5], 2.0, margin=1.5, bias=-1.0)
+    assert over.flagged and over.excess == pytest.approx(1.6) and over.bias == -1.0
+    assert over.allowed == pytest.approx(21.5) and "19.0 Gy corrected for the model's bias (-1.0 Gy)" in over.reason
+    assert not compare_metric(spec, 21.6, 20.0, [19.5, 20.5], 2.0, margin=1.5).flagged
+    # the interval moves too: 21.2 Gy, folds up to 22 Gy (no tolerance), is beyond the moved interval's 21
+    assert compare_metric(spec, 21.2, 20.0, [19.5, 22.0], 0.0, margin=0.5, bias=-1.0).flagged
+    inside = compare_metric(spec, 21.2, 20.0, [19.5, 22.0], 0.0, margin=0.5)
+    assert not inside.flagged and inside.reason.endswith("inside the folds' interval")
+    under = compare_metric(spec, 22.9, 20.0, [19.5, 20.5], 2.0, margin=3.5, bias=1.0)
+    assert not under.flagged and under.reason.endswith("within the 2.0 Gy tolerance of the corrected prediction")
+    assert compare_metric(spec, 23.6, 20.0, [19.5, 20.5], 2.0, margin=3.5, bias=1.0).flagged
+    # lower is worse: a target the model under-doses by 1 Gy (bias +1: plans 1 Gy lower) expects 59 Gy
+    assert not compare_metric(target, 57.5, 60.0, [59.8, 60.2], 2.0, margin=1.5, bias=1.0).flagged
+    assert compare_metric(target, 56.9, 60.0, [59.8, 60.2], 2.0, margin=1.5, bias=1.0).flagged
+    # no margin, no bias: an uncalibrated metric is compared with the model's own prediction
+    assert compare_metric(spec, 21.6, 20.0, [19.5, 20.5], 2.0, bias=-1.0).bias == 0.0
 
 
 def test_false_alarms_on_fresh_plans_stay_near_the_chosen_rate():
@@ -242,3 +270,23 @@ def test_scaled_margins_spread_the_false_alarms_over_the_organs(monkeypatch):
     assert all(0.01 < r < 0.10 for r in rates(scaled).values())
     assert rates(pooled)["SpinalCord"] > 0.10 and rates(pooled)["Bladder"] < 0.001
     assert rates(scaled, 3.0)["Bladder"] > 0.5 > 0.01 > rates(pooled, 3.0)["Bladder"]
+
+
+def test_a_bias_learnt_on_validation_flags_an_organ_the_model_over_predicts():
+    """The hand case's rectum 1.5 Gy above the prediction: within the 1.8 Gy tolerance (3 % of 60 Gy). Validated
+    on 20 cases (70 Gy) whose rectum plans lay 2 or 0 Gy below the prediction, the model over-predicts it by
+    1 Gy (bias -1 / 70 of the reference dose, -0.86 Gy at 60 Gy; margin -1 + 1 = 0): 1.5 Gy above the
+    prediction is 2.36 Gy above the corrected one, beyond the tolerance, the moved interval and the margin."""
+    from tests.test_qa_core import KINDS, VOXEL_MM3, _hand_case
+    from nndose.qa.compare import Tolerance, compare_case, with_tolerance
+    qa, clinical, folds, masks = _hand_case(rectum_excess_gy=1.5)
+    assert not qa.structure("Rectum").flagged
+    cases = [_case({"Rectum": ("oar", {"Dmean": (-2.0, 0.0)[i % 2]}), "Bladder": ("oar", {"Dmean": (1.0, 5.0)[i % 2]})})
+             for i in range(20)]
+    cal = calibrate(cases, 0.10)
+    direct = compare_case("case", clinical, folds, masks, KINDS, {"PTV": 60.0}, VOXEL_MM3, Tolerance(), cal)
+    dmean = direct.structure("Rectum").metric("Dmean")
+    assert dmean.bias == pytest.approx(-60 / 70) and dmean.margin == pytest.approx(0.0, abs=1e-9) and dmean.flagged
+    assert direct.flagged_organs == ("Rectum",) and direct.structure("Bladder").metric("Dmean").bias == pytest.approx(180 / 70)
+    assert with_tolerance(qa, Tolerance(), cal).to_json() == direct.to_json()   # flagged again: the same
+    assert with_tolerance(direct, Tolerance()).to_json() == direct.to_json()    # the case's own biases kept

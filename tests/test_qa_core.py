@@ -215,14 +215,14 @@ def test_qa_csv_and_json(tmp_path):
         reader = csv.DictReader(f)
         rows = {r["structure"]: r for r in reader}
     assert reader.fieldnames[:5] == ["case", "structure", "kind", "flagged", "reason"]
-    assert len(reader.fieldnames) == 5 + 5 * 9  # clinical, predicted, lower, upper, margin of 9 metrics: 7 of organs, D95 and D98 of targets (D2 is shared)
+    assert len(reader.fieldnames) == 5 + 6 * 9  # clinical, predicted, lower, upper, margin, bias of 9 metrics: 7 of organs, D95 and D98 of targets (D2 is shared)
     assert "V30Gy_upper" in reader.fieldnames and "D98_lower" in reader.fieldnames
     rectum = rows["Rectum"]
     assert (rectum["case"], rectum["kind"], rectum["flagged"]) == ("case", "oar", "true")
     fields = ("clinical", "predicted", "lower", "upper")
     assert [float(rectum[f"Dmean_{f}"]) for f in fields] == [27.0, 22.0, 21.0, 23.0]
     assert [float(rectum[f"V30Gy_{f}"]) for f in fields] == [50.0, 0.0, 0.0, 0.0]
-    assert rectum["Dmean_margin"] == ""   # uncalibrated
+    assert rectum["Dmean_margin"] == "" and float(rectum["Dmean_bias"]) == 0.0   # uncalibrated
     assert rectum["D95_clinical"] == "" and rectum["reason"].startswith("Dmean 27.0 Gy vs predicted 22.0 Gy")
     assert rows["PTV"]["flagged"] == "false" and rows["PTV"]["Dmean_clinical"] == ""
     assert float(rows["PTV"]["D95_lower"]) == 59.0 and rows["Bladder"]["flagged"] == "false"

@@ -12,7 +12,10 @@ kind pooled, or scaled to each structure's own error: a structure with at least 
 margin = location + q x scale (the mean and standard deviation of its w), q the conformal quantile of the
 standardized errors (w - location) / scale of all such structures (a structure the model predicts well
 gets a tight margin, a poorly predicted one a wide one, instead of one margin as wide as the worst organs
-need); structures with fewer values keep the pooled margin. The level a is one for all flag metrics of a
+need); structures with fewer values keep the pooled margin. A scaled structure's location is the model's
+systematic error on it (its bias): plan QA measures the tolerance and the folds' interval from the
+prediction corrected by it (qa.compare), so an organ the model over-predicts is not let through by the
+tolerance alone. The level a is one for all flag metrics of a
 kind, the largest in LEVELS * false_alarm at which at most `false_alarm` of the calibration structures
 have any flag metric beyond its margin (a structure with several flag metrics gets a below false_alarm),
 each structure's value checked against margins learnt without that value (leave one out), found for
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +47,10 @@ TINY_SCALE = 1e-9
 @dataclass(frozen=True)
 class Calibration:
     """Margins {kind: {structure: {metric: margin}}} of the structures seen often enough (scaled to their
-    own error; empty where the kind's margins are pooled), pooled margins
-    {kind: {metric: margin}} for the others, and the per-metric level a chosen for each kind. Margins of
-    doses are fractions of the reference dose; of V-x, percentage points."""
+    own error; empty where the kind's margins are pooled) and their biases (the model's mean error on them,
+    part of the margin), pooled margins {kind: {metric: margin}} for the others, and the per-metric level a
+    chosen for each kind. Margins and biases of doses are fractions of the reference dose; of V-x,
+    percentage points."""
     false_alarm: float
     cases: int
     levels: dict[str, float]
@@ -55,15 +59,19 @@ class Calibration:
     pooled: dict[str, dict[str, float]]
     source: str = "fold validation"   # or "calibration cases": held-out plans given apart
     organ_flag_metrics: tuple[str, ...] = DEFAULT_ORGAN_FLAG_METRICS
+    biases: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def margins_for(self, structure: str, kind: str, reference_dose_gy: float) -> dict[str, float] | None:
         """The margin of each flag metric of a structure (its own, else its kind's pooled ones), doses in Gy
         for a case of this reference dose; None for a kind the validation had too few structures of."""
         if kind not in self.levels:
             return None
-        relative = self.margins[kind].get(structure) or self.pooled[kind]
-        units = {m.name: m.unit for m in METRICS[kind]}
-        return {m: v * reference_dose_gy if units[m] == "Gy" else v for m, v in relative.items()}
+        return _in_units(self.margins[kind].get(structure) or self.pooled[kind], kind, reference_dose_gy)
+
+    def biases_for(self, structure: str, kind: str, reference_dose_gy: float) -> dict[str, float]:
+        """The model's systematic error on each flag metric of a structure with scaled margins (how much worse
+        plans are than it predicts, on average), in the units of margins_for; {} for the others."""
+        return _in_units(self.biases.get(kind, {}).get(structure, {}), kind, reference_dose_gy)
 
     def summary(self) -> dict:
         return {"false_alarm": self.false_alarm, "cases": self.cases, "source": self.source,
@@ -72,7 +80,14 @@ class Calibration:
 
     def to_json(self) -> dict:
         return {**self.summary(), "margin_units": "doses: fraction of the reference dose; V-x: percentage points",
-                "levels": self.levels, "margins": self.margins, "pooled_margins": self.pooled}
+                "levels": self.levels, "margins": self.margins, "biases": self.biases, "pooled_margins": self.pooled}
+
+
+def _in_units(relative: dict[str, float], kind: str, reference_dose_gy: float) -> dict[str, float]:
+    """Values of a kind's metrics learnt as fractions of the reference dose (doses) or in percentage points
+    (V-x), doses in Gy for a case of this reference dose."""
+    units = {m.name: m.unit for m in METRICS[kind]}
+    return {m: v * reference_dose_gy if units[m] == "Gy" else v for m, v in relative.items()}
 
 
 def basis_in_words(summary: dict) -> tuple[str, str, str]:
@@ -134,12 +149,12 @@ def _location_scale(values: np.ndarray) -> tuple[float, float]:
     return float(np.mean(values)), max(float(np.std(values, ddof=1)), TINY_SCALE)
 
 
-def _scaled_margins(groups: list[np.ndarray], level_out: float) -> list[float] | None:
-    """Each structure's margin location + q x scale, q the conformal quantile of every value's
+def _scaled_margins(groups: list[np.ndarray], level_out: float) -> list[tuple[float, float]] | None:
+    """Each structure's (margin location + q x scale, location), q the conformal quantile of every value's
     standardized error (w - location) / scale; None when the values are too few for that level."""
     stats = [_location_scale(g) for g in groups]
     q = conformal_quantile(np.concatenate([(g - loc) / sc for g, (loc, sc) in zip(groups, stats)]), level_out)
-    return None if math.isinf(q) else [loc + q * sc for loc, sc in stats]
+    return None if math.isinf(q) else [(loc + q * sc, loc) for loc, sc in stats]
 
 
 def _scaled_beyond_when_left_out(groups: list[np.ndarray], level_out: float) -> list[np.ndarray]:
@@ -163,20 +178,20 @@ def _values(structures: dict[str, list[dict[str, float]]], names, metric: str) -
 
 
 def _kind_margins(structures: dict[str, list[dict[str, float]]], level_out: float, scaled: bool):
-    """(scaled margins of the structures with at least SCALED_FROM values, when `scaled`, pooled margins
-    for the rest); None when the pool itself is too small for this level."""
+    """(scaled margins of the structures with at least SCALED_FROM values, when `scaled`, their biases,
+    pooled margins for the rest); None when the pool itself is too small for this level."""
     rows = [r for rs in structures.values() for r in rs]
     if not _enough_when_left_out(len(rows), level_out):
         return None
     names = [name for name, rs in structures.items() if scaled and len(rs) >= SCALED_FROM]
-    own = {name: {} for name in names}
+    own, biases = {name: {} for name in names}, {name: {} for name in names}
     for m in rows[0] if names else ():
         margins = _scaled_margins(_values(structures, names, m), level_out)
         if margins is None:   # too few values in all for this level: every structure pooled
-            return {}, _margins(rows, level_out)
-        for name, margin in zip(names, margins):
-            own[name][m] = margin
-    return own, _margins(rows, level_out)
+            return {}, {}, _margins(rows, level_out)
+        for name, (margin, bias) in zip(names, margins):
+            own[name][m], biases[name][m] = margin, bias
+    return own, biases, _margins(rows, level_out)
 
 
 def _structures_beyond(structures: dict[str, list[dict[str, float]]], own: dict, level_out: float) -> list[bool]:
@@ -215,17 +230,16 @@ def _excess_rows(cases: list[dict], organ_flag_metrics) -> dict[str, dict[str, l
 
 
 def _largest_level(structures: dict[str, list[dict[str, float]]], false_alarm: float, scaled: bool):
-    """(level, rate left out, scaled margins, pooled margins) at the largest level whose rate is at most
-    false_alarm; None when none is."""
+    """(level, rate left out, scaled margins, their biases, pooled margins) at the largest level whose rate
+    is at most false_alarm; None when none is."""
     for fraction in LEVELS:
         level_out = fraction * false_alarm
         chosen = _kind_margins(structures, level_out, scaled)
         if chosen is None:
             return None   # the pool is too small at this level and at every lower one
-        own, shared = chosen
-        rate = float(np.mean(_structures_beyond(structures, own, level_out)))
+        rate = float(np.mean(_structures_beyond(structures, chosen[0], level_out)))
         if rate <= false_alarm:
-            return level_out, rate, own, shared
+            return (level_out, rate, *chosen)
     return None
 
 
@@ -240,11 +254,12 @@ def _typical_margin(structures: dict[str, list[dict[str, float]]], own: dict, po
 
 
 def _choose_level(structures: dict[str, list[dict[str, float]]], false_alarm: float):
-    """(level, rate left out, scaled margins, pooled margins): for scaled margins and for pooled ones the
-    largest level whose rate is at most false_alarm, then of the two the one with the smaller typical
-    margin (pooled ones when equal, as for a single structure); None when neither has such a level."""
+    """(level, rate left out, scaled margins, their biases, pooled margins): for scaled margins and for
+    pooled ones the largest level whose rate is at most false_alarm, then of the two the one with the
+    smaller typical margin (pooled ones when equal, as for a single structure); None when neither has such
+    a level."""
     candidates = [c for c in (_largest_level(structures, false_alarm, scaled) for scaled in (False, True)) if c]
-    return min(candidates, key=lambda c: _typical_margin(structures, c[2], c[3]), default=None)
+    return min(candidates, key=lambda c: _typical_margin(structures, c[2], c[4]), default=None)
 
 
 def calibrate(cases: list[dict], false_alarm: float = DEFAULT_FALSE_ALARM,
@@ -256,14 +271,15 @@ def calibrate(cases: list[dict], false_alarm: float = DEFAULT_FALSE_ALARM,
     if not 0 < false_alarm < 1:
         raise NndoseError(f"false alarm rate {false_alarm} must lie between 0 and 1")
     organ_flag_metrics = check_flag_metrics(organ_flag_metrics)
-    levels, rates, margins, pooled = {}, {}, {}, {}
+    levels, rates, margins, biases, pooled = {}, {}, {}, {}, {}
     for kind, structures in _excess_rows(cases, organ_flag_metrics).items():
         chosen = _choose_level(structures, false_alarm)
         if chosen is not None:
-            levels[kind], rates[kind], margins[kind], pooled[kind] = chosen
+            levels[kind], rates[kind], margins[kind], biases[kind], pooled[kind] = chosen
     if not levels:
         return None
-    return Calibration(false_alarm, len(cases), levels, rates, margins, pooled, organ_flag_metrics=organ_flag_metrics)
+    return Calibration(false_alarm, len(cases), levels, rates, margins, pooled, organ_flag_metrics=organ_flag_metrics,
+                       biases=biases)
 
 
 def validation_cases(model_dir: Path, folds: list[str]) -> list[dict] | None:

@@ -4,7 +4,9 @@ Predicted value = the metric of the ensemble mean dose; interval = [min, max] of
 folds, widened to hold the predicted value (one fold: the point). A flag metric is flagged when the clinical
 value is worse than predicted by more than the tolerance, lies outside the interval on the worse side,
 and, for a model whose folds were validated, is worse by more than the model's own error allows (the
-margin calibrated on its validation cases, qa/calibration.py). Organs at risk: Dmean, D0.1cc, D2 and
+margin calibrated on its validation cases, qa/calibration.py). Where the calibration knows the model's
+systematic error on a structure (its bias: plans are that much worse than it predicts, on average), the
+tolerance and the interval are measured from the prediction corrected by it. Organs at risk: Dmean, D0.1cc, D2 and
 V5/V20/V30/V40 Gy (% of the volume), higher is worse; they are flagged on the chosen flag metrics (default
 Dmean, which sums up the whole DVH) and the others are shown. Every metric that can flag spends part of the
 false alarm budget, so each one added makes flags on the others rarer. Targets: D95 and D98 (coverage,
@@ -101,18 +103,19 @@ class MetricQA:
     flagged: bool
     reason: str
     can_flag: bool = True  # False: shown, not one the structure is flagged on
+    bias: float = 0.0      # the model's systematic error (worse by this much on average; 0: none known)
 
     @property
     def slack(self) -> float:
         """How much worse than predicted the flag rule lets a value be, the interval aside."""
-        return self.tolerance if self.margin is None else max(self.tolerance, self.margin)
+        return self.bias + self.tolerance if self.margin is None else max(self.bias + self.tolerance, self.margin)
 
     @property
     def allowed(self) -> float:
         """The worst value the flag rule lets pass: beyond the interval, the tolerance and the margin."""
         if self.higher_is_worse:
-            return max(self.upper, self.predicted + self.slack)
-        return min(self.lower, self.predicted - self.slack)
+            return max(self.upper + self.bias, self.predicted + self.slack)
+        return min(self.lower - self.bias, self.predicted - self.slack)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -167,7 +170,8 @@ class CaseQA:
     @property
     def sparing_left_gy(self) -> float:
         """Sum over organs at risk of how far the clinical Dmean lies beyond what the flag rule lets
-        pass: max(0, clinical - max(upper end of the interval, predicted + tolerance, predicted + margin))."""
+        pass: max(0, clinical - max(upper end of the interval, predicted + tolerance, predicted + margin)),
+        the interval and the tolerance moved by the model's bias where known."""
         return float(sum(max(0.0, m.clinical - m.allowed) for s in self.structures if s.kind == "oar"
                          for m in s.metrics if m.name == "Dmean"))
 
@@ -187,14 +191,17 @@ def _reason(spec: MetricSpec, m: dict) -> str:
     u = spec.unit if spec.unit == "Gy" else "percentage points"
     head = (f"{spec.name} {m['clinical']:.1f} {spec.unit} vs predicted {m['predicted']:.1f} {spec.unit} "
             f"[{m['lower']:.1f}, {m['upper']:.1f}]")
+    if m["bias"]:
+        corrected = m["predicted"] + (m["bias"] if spec.higher_is_worse else -m["bias"])
+        head += f", {corrected:.1f} {spec.unit} corrected for the model's bias ({m['bias']:+.1f} {u})"
     if not m["can_flag"]:
         return f"{head}: shown, not a flag metric"
     if m["flagged"]:
         return f"{head}: {m['excess']:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than achievable"
     if m["excess"] <= 0:
         return f"{head}: no worse than predicted"
-    if m["excess"] <= m["tolerance"]:
-        return f"{head}: within the {m['tolerance']:.1f} {u} tolerance"
+    if m["excess"] <= m["bias"] + m["tolerance"]:
+        return f"{head}: within the {m['tolerance']:.1f} {u} tolerance" + " of the corrected prediction" * bool(m["bias"])
     if m["margin"] is not None and m["excess"] <= m["margin"]:
         return f"{head}: within the model's validated error ({m['margin']:.1f} {u})"
     return f"{head}: inside the folds' interval"
@@ -206,31 +213,35 @@ def worse_by(spec: MetricSpec, value: float, reference: float) -> float:
 
 
 def compare_metric(spec: MetricSpec, clinical: float, predicted: float, fold_values: list[float],
-                   tolerance: float, margin: float | None = None, can_flag: bool = True) -> MetricQA:
-    """One metric: the interval of the folds (widened to hold `predicted`) and, for a flag metric, the flag rule."""
+                   tolerance: float, margin: float | None = None, can_flag: bool = True, bias: float = 0.0) -> MetricQA:
+    """One metric: the interval of the folds (widened to hold `predicted`) and, for a flag metric, the flag
+    rule; `bias` (with a margin) moves the tolerance and the interval that much to the worse side."""
     lower, upper = min(min(fold_values), predicted), max(max(fold_values), predicted)
     excess = worse_by(spec, clinical, predicted)
-    outside = worse_by(spec, clinical, upper if spec.higher_is_worse else lower) > 0
     margin = margin if can_flag else None
-    flagged = can_flag and excess > tolerance and outside and (margin is None or excess > margin)
+    bias = bias if margin is not None else 0.0
+    outside = worse_by(spec, clinical, upper if spec.higher_is_worse else lower) > bias
+    flagged = can_flag and excess > bias + tolerance and outside and (margin is None or excess > margin)
     m = dict(clinical=clinical, predicted=predicted, lower=lower, upper=upper, excess=excess, tolerance=tolerance,
-             margin=margin, flagged=flagged, can_flag=can_flag)
+             margin=margin, flagged=flagged, can_flag=can_flag, bias=bias)
     return MetricQA(spec.name, spec.unit, spec.higher_is_worse, **m, reason=_reason(spec, m))
 
 
 def compare_structure(name: str, kind: str, clinical_gy: np.ndarray, predicted_gy: np.ndarray,
                       fold_predictions_gy: list[np.ndarray], voxel_mm3: float, tolerance: Tolerance,
                       reference_dose_gy: float, margins: dict[str, float] | None = None,
-                      organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS) -> StructureQA:
+                      organ_flag_metrics=DEFAULT_ORGAN_FLAG_METRICS, biases: dict[str, float] | None = None) -> StructureQA:
     """One structure from the dose values inside it (1-D arrays: clinical, ensemble mean, each fold);
-    `margins`: the calibrated margin of each flag metric (None: uncalibrated)."""
+    `margins`: the calibrated margin of each flag metric (None: uncalibrated), `biases` the model's
+    systematic error on them where known."""
     clinical = dvh_points(clinical_gy, kind, voxel_mm3)
     predicted = dvh_points(predicted_gy, kind, voxel_mm3)
     folds = [dvh_points(f, kind, voxel_mm3) for f in fold_predictions_gy]
     flags = flag_specs(kind, organ_flag_metrics)
     return StructureQA(name, kind, tuple(
         compare_metric(m, clinical[m.name], predicted[m.name], [f[m.name] for f in folds],
-                       tolerance.for_unit(m.unit, reference_dose_gy), (margins or {}).get(m.name), m in flags)
+                       tolerance.for_unit(m.unit, reference_dose_gy), (margins or {}).get(m.name), m in flags,
+                       (biases or {}).get(m.name, 0.0))
         for m in METRICS[kind]))
 
 
@@ -289,8 +300,9 @@ def compare_case(case: str, clinical_gy: np.ndarray, fold_predictions_gy: list[n
             if kinds.get(name) != kind or not mask.any():
                 continue
             margins = None if calibration is None else calibration.margins_for(name, kind, reference_dose_gy)
+            biases = None if calibration is None else calibration.biases_for(name, kind, reference_dose_gy)
             out.append(compare_structure(name, kind, clinical[mask], mean[mask], [f[mask] for f in folds],
-                                         voxel_mm3, tolerance, reference_dose_gy, margins, organ_flag_metrics))
+                                         voxel_mm3, tolerance, reference_dose_gy, margins, organ_flag_metrics, biases))
     return CaseQA(case, reference_dose_gy, tolerance, tuple(out), None if calibration is None else calibration.summary(),
                   organ_flag_metrics)
 
@@ -312,13 +324,16 @@ def with_tolerance(case_qa: CaseQA, tolerance: Tolerance, calibration=KEEP, orga
         specs = {m.name: m for m in METRICS[s.kind]}
         flags = flag_specs(s.kind, organ_flag_metrics)
         if calibration is KEEP:
-            margins = {m.name: m.margin for m in s.metrics}
+            margins, biases = {m.name: m.margin for m in s.metrics}, {m.name: m.bias for m in s.metrics}
+        elif calibration:
+            margins = calibration.margins_for(s.name, s.kind, case_qa.reference_dose_gy) or {}
+            biases = calibration.biases_for(s.name, s.kind, case_qa.reference_dose_gy)
         else:
-            margins = (calibration.margins_for(s.name, s.kind, case_qa.reference_dose_gy) if calibration else None) or {}
+            margins, biases = {}, {}
         structures.append(StructureQA(s.name, s.kind, tuple(
             compare_metric(specs[m.name], m.clinical, m.predicted, [m.lower, m.upper],
                            tolerance.for_unit(m.unit, case_qa.reference_dose_gy), margins.get(m.name),
-                           specs[m.name] in flags)
+                           specs[m.name] in flags, biases.get(m.name, 0.0))
             for m in s.metrics)))
     summary = case_qa.calibration if calibration is KEEP else (None if calibration is None else calibration.summary())
     return CaseQA(case_qa.case, case_qa.reference_dose_gy, tolerance, tuple(structures), summary, organ_flag_metrics)

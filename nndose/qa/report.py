@@ -61,13 +61,14 @@ def _flag_table(case_qa: CaseQA) -> str:
 def _metrics_table(case_qa: CaseQA) -> str:
     rows = [_row([escape(s.name), escape(s.kind), escape(m.name), m.unit, f"{m.clinical:.2f}", f"{m.predicted:.2f}",
                   f"{m.lower:.2f} - {m.upper:.2f}", f"{m.excess:+.2f}", f"{m.tolerance:.2f}",
-                  "" if m.margin is None else f"{m.margin:.2f}",
+                  "" if m.margin is None else f"{m.margin:.2f}", f"{m.bias:+.2f}" if m.bias else "",
                   "higher" if m.higher_is_worse else "lower",
                   ("yes" if m.flagged else "no") if m.can_flag else "shown only"],
-                 m.flagged, numeric=(4, 5, 6, 7, 8, 9))
+                 m.flagged, numeric=(4, 5, 6, 7, 8, 9, 10))
             for s in case_qa.structures for m in s.metrics]
     return _table(["structure", "kind", "metric", "unit", "clinical", "predicted", "fold interval",
-                   "excess (+ worse)", "tolerance", "model's error margin", "worse when", "flagged"], rows, "metrics")
+                   "excess (+ worse)", "tolerance", "model's error margin", "model's bias", "worse when", "flagged"],
+                  rows, "metrics")
 
 
 def _rule_paragraph(case_qa: CaseQA) -> str:
@@ -82,6 +83,9 @@ def _rule_paragraph(case_qa: CaseQA) -> str:
         text += (f", and, for {kinds}, is worse by more than the model's own error allows (margins learnt on "
                  f"{cal['cases']} {source}, set for at most {100 * cal['false_alarm']:g} % of the structures of plans "
                  f"made like the training plans flagged)")
+        if cal.get("scaled_kinds"):
+            text += ("; where a structure's margins are its own, the tolerance and the interval are measured from the "
+                     "prediction corrected by the model's bias on it (its mean error there)")
         text += f"; {missing} had too few calibration structures for margins." if missing else "."
     else:
         text += (". No margins from the model's own error (no validated folds or calibration plans, or "

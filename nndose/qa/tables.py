@@ -9,7 +9,7 @@ from nndose.io.atomic import atomic_write_json, atomic_write_text
 from nndose.io.layout import QA_TABLE_CSV, QA_TABLE_JSON
 from nndose.qa.compare import METRIC_NAMES, CaseQA, rank_cases
 
-FIELDS = ("clinical", "predicted", "lower", "upper", "margin")
+FIELDS = ("clinical", "predicted", "lower", "upper", "margin", "bias")
 COLUMNS = ("case", "structure", "kind", "flagged", "reason",
            *(f"{m}_{f}" for m in METRIC_NAMES for f in FIELDS))
 

@@ -286,7 +286,7 @@ def main() -> None:
               "flag_rules": {name: scored(Tolerance(), *rule) for name, rule in rules.items()},
               "calibration": None if default is None else {k: v for k, v in default.to_json().items()
                                                            if k in ("organ_flag_metrics", "levels", "calibration_rate",
-                                                                    "margin_units", "margins", "pooled_margins")}}
+                                                                    "margin_units", "margins", "biases", "pooled_margins")}}
     result["tolerance_sweep"] = {rule: {f"{gy:g} Gy / {percent:g} %": scored(Tolerance(gy, percent), cal)
                                         for gy, percent in TOLERANCES}
                                  for rule, cal in (("uncalibrated", None), ("calibrated 5 %", default))}

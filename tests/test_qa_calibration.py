@@ -167,6 +167,11 @@ def test_the_tolerance_and_interval_are_measured_from_the_prediction_corrected_b
     under = compare_metric(spec, 22.9, 20.0, [19.5, 20.5], 2.0, margin=3.5, bias=1.0)
     assert not under.flagged and under.reason.endswith("within the 2.0 Gy tolerance of the corrected prediction")
     assert compare_metric(spec, 23.6, 20.0, [19.5, 20.5], 2.0, margin=3.5, bias=1.0).flagged
+    # 0.3 Gy below the prediction is 0.7 Gy above the corrected one (bias -1), 0.7 Gy above it no worse (bias +1)
+    assert compare_metric(spec, 19.7, 20.0, [19.5, 20.5], 2.0, margin=1.5, bias=-1.0).reason.endswith(
+        "within the 2.0 Gy tolerance of the corrected prediction")
+    assert compare_metric(spec, 20.7, 20.0, [19.5, 20.5], 2.0, margin=3.5, bias=1.0).reason.endswith(
+        "no worse than the corrected prediction")
     # lower is worse: a target the model under-doses by 1 Gy (bias +1: plans 1 Gy lower) expects 59 Gy
     assert not compare_metric(target, 57.5, 60.0, [59.8, 60.2], 2.0, margin=1.5, bias=1.0).flagged
     assert compare_metric(target, 56.9, 60.0, [59.8, 60.2], 2.0, margin=1.5, bias=1.0).flagged

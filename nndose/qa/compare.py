@@ -198,10 +198,11 @@ def _reason(spec: MetricSpec, m: dict) -> str:
         return f"{head}: shown, not a flag metric"
     if m["flagged"]:
         return f"{head}: {m['excess']:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than achievable"
-    if m["excess"] <= 0:
-        return f"{head}: no worse than predicted"
+    corrected = " of the corrected prediction" if m["bias"] else ""
+    if m["excess"] <= m["bias"]:
+        return f"{head}: no worse than {'the corrected prediction' if m['bias'] else 'predicted'}"
     if m["excess"] <= m["bias"] + m["tolerance"]:
-        return f"{head}: within the {m['tolerance']:.1f} {u} tolerance" + " of the corrected prediction" * bool(m["bias"])
+        return f"{head}: within the {m['tolerance']:.1f} {u} tolerance{corrected}"
     if m["margin"] is not None and m["excess"] <= m["margin"]:
         return f"{head}: within the model's validated error ({m['margin']:.1f} {u})"
     return f"{head}: inside the folds' interval"

@@ -5,9 +5,10 @@ folds, widened to hold the predicted value (one fold: the point). A flag metric 
 value is worse than predicted by more than the tolerance, lies outside the interval on the worse side,
 and, for a model whose folds were validated, is worse by more than the model's own error allows (the
 margin calibrated on its validation cases, qa/calibration.py). Where the calibration knows the model's
-systematic error on a structure (its bias: plans are that much worse than it predicts, on average), the
-tolerance and the interval are measured from the prediction corrected by it. Organs at risk: Dmean, D0.1cc, D2 and
-V5/V20/V30/V40 Gy (% of the volume), higher is worse; they are flagged on the chosen flag metrics (default
+systematic error on a structure (its bias: plans are that much worse than it predicts, on average;
+negative where they are better), the tolerance and the interval are measured from the prediction
+corrected by it; the predicted value and the interval stay the model's own. Organs at risk: Dmean,
+D0.1cc, D2 and V5/V20/V30/V40 Gy (% of the volume), higher is worse; they are flagged on the chosen flag metrics (default
 Dmean, which sums up the whole DVH) and the others are shown. Every metric that can flag spends part of the
 false alarm budget, so each one added makes flags on the others rarer. Targets: D95 and D98 (coverage,
 lower is worse) and D2 (hot spot, higher is worse), all flag metrics.
@@ -107,7 +108,8 @@ class MetricQA:
 
     @property
     def slack(self) -> float:
-        """How much worse than predicted the flag rule lets a value be, the interval aside."""
+        """How much worse than predicted the flag rule lets a value be, the interval aside (the tolerance
+        counted from the prediction corrected by the bias)."""
         return self.bias + self.tolerance if self.margin is None else max(self.bias + self.tolerance, self.margin)
 
     @property
@@ -191,18 +193,20 @@ def _reason(spec: MetricSpec, m: dict) -> str:
     u = spec.unit if spec.unit == "Gy" else "percentage points"
     head = (f"{spec.name} {m['clinical']:.1f} {spec.unit} vs predicted {m['predicted']:.1f} {spec.unit} "
             f"[{m['lower']:.1f}, {m['upper']:.1f}]")
-    if m["bias"]:
+    said = abs(m["bias"]) >= 0.05   # a bias that rounds to 0.0 in the text is not spoken of
+    if said:
         corrected = m["predicted"] + (m["bias"] if spec.higher_is_worse else -m["bias"])
-        head += f", {corrected:.1f} {spec.unit} corrected for the model's bias ({m['bias']:+.1f} {u})"
+        head += (f", {corrected:.1f} {spec.unit} corrected for the model's bias (plans {abs(m['bias']):.1f} {u} "
+                 f"{'worse' if m['bias'] > 0 else 'better'} than it predicts, on average)")
     if not m["can_flag"]:
         return f"{head}: shown, not a flag metric"
     if m["flagged"]:
-        return f"{head}: {m['excess']:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than achievable"
-    corrected = " of the corrected prediction" if m["bias"] else ""
+        return (f"{head}: {m['excess'] - m['bias']:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than "
+                + ("the corrected prediction" if said else "achievable"))
     if m["excess"] <= m["bias"]:
-        return f"{head}: no worse than {'the corrected prediction' if m['bias'] else 'predicted'}"
+        return f"{head}: no worse than {'the corrected prediction' if said else 'predicted'}"
     if m["excess"] <= m["bias"] + m["tolerance"]:
-        return f"{head}: within the {m['tolerance']:.1f} {u} tolerance{corrected}"
+        return f"{head}: within the {m['tolerance']:.1f} {u} tolerance" + " of the corrected prediction" * said
     if m["margin"] is not None and m["excess"] <= m["margin"]:
         return f"{head}: within the model's validated error ({m['margin']:.1f} {u})"
     return f"{head}: inside the folds' interval"

@@ -67,7 +67,7 @@ def _metrics_table(case_qa: CaseQA) -> str:
                  m.flagged, numeric=(4, 5, 6, 7, 8, 9, 10))
             for s in case_qa.structures for m in s.metrics]
     return _table(["structure", "kind", "metric", "unit", "clinical", "predicted", "fold interval",
-                   "excess (+ worse)", "tolerance", "model's error margin", "model's bias", "worse when", "flagged"],
+                   "excess (+ worse)", "tolerance", "model's error margin", "model's bias (+ worse)", "worse when", "flagged"],
                   rows, "metrics")
 
 
@@ -107,7 +107,7 @@ def case_report_html(case_qa: CaseQA, clinical_gy: np.ndarray, fold_predictions_
              f"<b>{n} organ{'' if n == 1 else 's'} at risk flagged</b>"
              + (f" ({escape(', '.join(case_qa.flagged_organs))})" if n else "")
              + (f"; targets flagged: {escape(', '.join(case_qa.flagged_targets))}" if case_qa.flagged_targets else "")
-             + f"; sparing left {case_qa.sparing_left_gy:.2f} Gy (organ Dmean beyond the interval, tolerance and margin, summed); "
+             + f"; sparing left {case_qa.sparing_left_gy:.2f} Gy (organ Dmean beyond the interval, tolerance and margin, the first two moved by the model's bias where known, summed); "
              f"{len(fold_predictions_gy)} fold{'' if len(fold_predictions_gy) == 1 else 's'}.</p>",
              _rule_paragraph(case_qa),
              "<h2>Flags</h2>", _flag_table(case_qa),
@@ -141,7 +141,7 @@ def cohort_report_html(case_qas: list[CaseQA], case_links: dict[str, str]) -> st
                          bool(c.flagged_organs or c.flagged_targets), numeric=(0, 2, 3, 4)))
     body = (f"<h1>Plan QA: {len(case_qas)} plan{'' if len(case_qas) == 1 else 's'}</h1>\n"
             "<p>Ranked by sparing left: the organs' mean dose beyond what the flag rule lets pass (the folds' "
-            "interval, the tolerance and the model's error margin), summed (Gy); then by the number of flagged "
+            "interval and the tolerance, moved by the model's bias where known, and the model's error margin), summed (Gy); then by the number of flagged "
             "organs and targets.</p>\n"
             + (_rule_paragraph(case_qas[0]) + "\n" if case_qas else "")
             + _table(["rank", "case", "reference dose (Gy)", "sparing left (Gy)", "number of organs flagged",

@@ -80,7 +80,7 @@ def test_each_organ_gets_margins_scaled_to_its_own_error():
     assert cal.biases_for("Bladder", "oar", 35.0) == {"Dmean": pytest.approx(1.5)}
     assert cal.biases_for("Esophagus", "oar", 70.0) == {} and cal.to_json()["biases"]["oar"]["Bladder"]["Dmean"] == pytest.approx(3 / 70)
     assert cal.summary()["scaled_kinds"] == ["oar"]
-    assert basis_in_words(cal.summary())[0] == "organs at risk (each scaled to its own error)"
+    assert basis_in_words(cal.summary())[0] == "organs at risk (each scaled to its own error and bias)"
     # a rectum 1.5 Gy worse than predicted is beyond its margin; the pooled margin would have let it pass
     assert compare_metric(OAR["Dmean"], 21.5, 20.0, [20.0, 20.0], 0.0, margin=cal.margins_for("Rectum", "oar", 70.0)["Dmean"]).flagged
     # 18 cases: too few for scaled margins, both organs get the pooled 5 Gy (the 18th smallest of 36)

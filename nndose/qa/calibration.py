@@ -95,7 +95,7 @@ def basis_in_words(summary: dict) -> tuple[str, str, str]:
     from a Calibration.summary(); '' where no kind was left uncalibrated."""
     source = "held-out calibration plans" if summary.get("source") == "calibration cases" else "validation cases of the folds"
     scaled = summary.get("scaled_kinds", ())
-    calibrated = " and ".join(KIND_NAMES.get(k, k) + " (each scaled to its own error)" * (k in scaled) for k in summary["kinds"])
+    calibrated = " and ".join(KIND_NAMES.get(k, k) + " (each scaled to its own error and bias)" * (k in scaled) for k in summary["kinds"])
     return calibrated, source, " and ".join(name for k, name in KIND_NAMES.items() if k not in summary["kinds"])
 
 

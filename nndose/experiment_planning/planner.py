@@ -12,9 +12,9 @@ Rules, in the spirit of nnU-Net:
   memory estimate of the real network (memory_estimate.py) for batch size 2 fits the budget;
 - batch size: as many samples as fit the budget, at most 5 % of the dataset's voxels, at least 2;
 - channels: CT, prescription, organs, body and the beam geometry; with beam_per_delivery (opt-in: it lowers
-  the dose error on phantoms re-planned by an independent engine, but plan QA's 5 % operating point on
-  the phantom engine's plans fell) one beam channel per delivery (static, arc, non-coplanar) when the
-  dataset's plans mix them;
+  the dose error on phantoms re-planned by an independent engine, but plan QA gains nothing on those
+  plans and loses on the phantom engine's) one beam channel per delivery (static, arc, non-coplanar)
+  when the dataset's plans mix them;
 - 3d_lowres exists only when the image is over 4x the patch volume; 3d_cascade_fullres is the
   dose-mask cascade: 3d_fullres plus N dose masks from a first-stage prediction.
 """

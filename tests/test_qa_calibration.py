@@ -161,7 +161,8 @@ def test_the_tolerance_and_interval_are_measured_from_the_prediction_corrected_b
     assert over.flagged and over.excess == pytest.approx(1.6) and over.bias == -1.0
     assert over.allowed == pytest.approx(21.5)
     assert over.reason == ("Dmean 21.6 Gy vs predicted 20.0 Gy [19.5, 20.5], 19.0 Gy corrected for the model's bias "
-                           "(plans 1.0 Gy better than it predicts, on average): 2.6 Gy more than the corrected prediction")
+                           "(plans 1.0 Gy better than it predicts, on average): 2.6 Gy more than the corrected prediction, "
+                           "0.1 Gy beyond what the flag rule lets pass")   # 21.6 - allowed 21.5
     assert not compare_metric(spec, 21.6, 20.0, [19.5, 20.5], 2.0, margin=1.5).flagged
     # the interval moves too: 21.2 Gy, folds up to 22 Gy (no tolerance), is beyond the moved interval's 21
     assert compare_metric(spec, 21.2, 20.0, [19.5, 22.0], 0.0, margin=0.5, bias=-1.0).flagged

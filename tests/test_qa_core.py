@@ -62,7 +62,9 @@ def test_organs_are_flagged_on_their_flag_metrics_only():
     assert qa.organ_flag_metrics == ("Dmean",) and qa.to_json()["organ_flag_metrics"] == ["Dmean"]
     assert [m.name for m in rectum.metrics if m.flagged] == ["Dmean"]
     assert [m.name for m in rectum.metrics if m.can_flag] == ["Dmean"]
-    assert rectum.reason == "Dmean 27.0 Gy vs predicted 22.0 Gy [21.0, 23.0]: 5.0 Gy more than achievable"
+    # the rule lets 27 pass up to max(interval 23, 22 + tolerance 1.8) = 23.8 Gy: 3.2 Gy beyond
+    assert rectum.reason == ("Dmean 27.0 Gy vs predicted 22.0 Gy [21.0, 23.0]: 5.0 Gy more than achievable, "
+                             "3.2 Gy beyond what the flag rule lets pass")
     assert rectum.metric("V30Gy").reason == "V30Gy 50.0 % vs predicted 0.0 % [0.0, 0.0]: shown, not a flag metric"
     assert all(m.can_flag for m in qa.structure("PTV").metrics)   # targets: every metric
     on_v30, *_ = _hand_case(organ_flag_metrics=["V30Gy"])
@@ -94,7 +96,7 @@ def test_excess_in_one_organ_flags_that_organ_only():
     for name, values in expected.items():
         assert got[name] == pytest.approx(values), name
     assert rectum.metric("Dmean").reason == ("Dmean 27.0 Gy vs predicted 22.0 Gy [21.0, 23.0]: "
-                                             "5.0 Gy more than achievable")
+                                             "5.0 Gy more than achievable, 3.2 Gy beyond what the flag rule lets pass")
     assert rectum.reason.startswith(rectum.metric("Dmean").reason + "; D0.1cc 33.0 Gy")
     assert rectum.reason.count(";") == 4
     bladder, ptv = qa.structure("Bladder"), qa.structure("PTV")
@@ -167,7 +169,9 @@ def test_target_coverage_and_hot_spot_flags():
     ptv = cold.structure("PTV")
     assert {m.name: (m.clinical, m.excess, m.flagged) for m in ptv.metrics} == {
         "D95": (50.0, 10.0, True), "D98": (50.0, 10.0, True), "D2": (60.0, 0.0, False)}
-    assert ptv.metric("D95").reason == "D95 50.0 Gy vs predicted 60.0 Gy [59.0, 61.0]: 10.0 Gy less than achievable"
+    # the rule lets D95 pass down to min(interval 59, 60 - tolerance 1.8) = 58.2 Gy: 8.2 Gy short
+    assert ptv.metric("D95").reason == ("D95 50.0 Gy vs predicted 60.0 Gy [59.0, 61.0]: 10.0 Gy less than achievable, "
+                                        "8.2 Gy beyond what the flag rule lets pass")
     assert cold.flagged_targets == ("PTV",) and cold.n_flagged_organs == 0 and cold.sparing_left_gy == 0.0
     # 4 of 20 voxels at 70 Gy: D2 (linear index 18.62) is 70 Gy, coverage untouched
     hot = _target_case([60.0] * 16 + [70.0] * 4).structure("PTV")
@@ -262,6 +266,21 @@ def test_case_report_is_self_contained_with_the_flags_first(tmp_path):
     assert all(base64.b64decode(i.split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     for external in ("http://", "https://", 'src="/', "<script", "<link"):
         assert external not in html
+
+
+def test_a_one_fold_report_says_it_has_no_band_or_interval(tmp_path):
+    """One fold: the interval is the prediction itself, so the page shows no 'range of the folds'."""
+    masks, mean = _masks(), _ensemble()
+    clinical = mean + 5.0 * masks["Rectum"]
+    qa = compare_case("case", clinical, [mean], masks, KINDS, {"PTV": 60.0}, VOXEL_MM3, Tolerance())
+    write_case_report(qa, clinical, [mean], masks, None, tmp_path / "one.html")
+    html = (tmp_path / "one.html").read_text()
+    assert "one fold (no band)" in html and "range of the folds" not in html
+    assert "(with one fold, the prediction itself)" in html
+    metrics = html[html.index('<table class="metrics">'):]
+    assert '<td class="num">-</td>' in metrics and " - " not in metrics[:metrics.index("</table>")]
+    three = _report(tmp_path)
+    assert "range of the folds (band)" in three and "with one fold" not in three
 
 
 def test_names_are_escaped(tmp_path):

@@ -44,6 +44,11 @@ def clinical_plans(raw: Path, seed: int, out: Path) -> tuple[str, DegradedPlan] 
     return None
 
 
+def _targets(qa) -> str:
+    """', and its targets X, Y' where any are flagged."""
+    return f", and its target{'s' * (len(qa.flagged_targets) > 1)} {', '.join(qa.flagged_targets)}" if qa.flagged_targets else ""
+
+
 def qa_step(raw: Path, seed: int, n_phantoms: int, predictor: DosePredictor, work: Path) -> list[str]:
     """Run plan QA on the held-out plans (phantoms 0..n_phantoms-1 the dataset's); the lines the demo prints."""
     plans = work / "clinical_plans"
@@ -59,10 +64,13 @@ def qa_step(raw: Path, seed: int, n_phantoms: int, predictor: DosePredictor, wor
         name, worse = chosen
         found = qas[name].flagged_organs
         lines.append(f"{name} was re-planned without sparing {worse.organ} (its mean dose {worse.increase_gy:+.1f} Gy); "
-                     f"plan QA flagged {', '.join(found) if found else 'nothing'} in it"
-                     + ("" if worse.organ in found else f" (missed {worse.organ})"))
-    others = [f"{q.case}: {', '.join(q.flagged_organs)}" for q in qas.values()
-              if q.flagged_organs and (chosen is None or q.case != chosen[0])]
+                     f"plan QA flagged {', '.join(found) if found else 'no organ'} in it"
+                     + ("" if worse.organ in found else f" (missed {worse.organ})") + _targets(qas[name]))
+    others = [f"{q.case}: {', '.join(q.flagged_organs + tuple(t + ' (target)' for t in q.flagged_targets))}"
+              for q in qas.values() if (q.flagged_organs or q.flagged_targets) and (chosen is None or q.case != chosen[0])]
     lines.append(f"flagged in the other plans: {'; '.join(others) if others else 'nothing'}")
+    if any(q.flagged_targets for q in qas.values()) and "target" not in first.calibration["kinds"]:
+        lines.append(f"(targets: too few among the {CALIBRATION_PLANS} calibration plans for margins, "
+                     f"so flagged on the tolerance alone, where the model's own error shows)")
     lines.append(f"plan QA report: {report / QA_INDEX}")
     return lines

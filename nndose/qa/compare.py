@@ -16,7 +16,7 @@ lower is worse) and D2 (hot spot, higher is worse), all flag metrics.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -189,26 +189,27 @@ class CaseQA:
                 "structures": [s.to_json() for s in self.structures]}
 
 
-def _reason(spec: MetricSpec, m: dict) -> str:
+def _reason(spec: MetricSpec, m: MetricQA) -> str:
     u = spec.unit if spec.unit == "Gy" else "percentage points"
-    head = (f"{spec.name} {m['clinical']:.1f} {spec.unit} vs predicted {m['predicted']:.1f} {spec.unit} "
-            f"[{m['lower']:.1f}, {m['upper']:.1f}]")
-    said = abs(m["bias"]) >= 0.05   # a bias that rounds to 0.0 in the text is not spoken of
+    head = (f"{spec.name} {m.clinical:.1f} {spec.unit} vs predicted {m.predicted:.1f} {spec.unit} "
+            f"[{m.lower:.1f}, {m.upper:.1f}]")
+    said = abs(m.bias) >= 0.05   # a bias that rounds to 0.0 in the text is not spoken of
     if said:
-        corrected = m["predicted"] + (m["bias"] if spec.higher_is_worse else -m["bias"])
-        head += (f", {corrected:.1f} {spec.unit} corrected for the model's bias (plans {abs(m['bias']):.1f} {u} "
-                 f"{'worse' if m['bias'] > 0 else 'better'} than it predicts, on average)")
-    if not m["can_flag"]:
+        corrected = m.predicted + (m.bias if spec.higher_is_worse else -m.bias)
+        head += (f", {corrected:.1f} {spec.unit} corrected for the model's bias (plans {abs(m.bias):.1f} {u} "
+                 f"{'worse' if m.bias > 0 else 'better'} than it predicts, on average)")
+    if not m.can_flag:
         return f"{head}: shown, not a flag metric"
-    if m["flagged"]:
-        return (f"{head}: {m['excess'] - m['bias']:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than "
-                + ("the corrected prediction" if said else "achievable"))
-    if m["excess"] <= m["bias"]:
+    if m.flagged:
+        return (f"{head}: {m.excess - m.bias:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than "
+                + ("the corrected prediction" if said else "achievable")
+                + f", {worse_by(spec, m.clinical, m.allowed):.1f} {u} beyond what the flag rule lets pass")
+    if m.excess <= m.bias:
         return f"{head}: no worse than {'the corrected prediction' if said else 'predicted'}"
-    if m["excess"] <= m["bias"] + m["tolerance"]:
-        return f"{head}: within the {m['tolerance']:.1f} {u} tolerance" + " of the corrected prediction" * said
-    if m["margin"] is not None and m["excess"] <= m["margin"]:
-        return f"{head}: within the model's validated error ({m['margin']:.1f} {u})"
+    if m.excess <= m.bias + m.tolerance:
+        return f"{head}: within the {m.tolerance:.1f} {u} tolerance" + " of the corrected prediction" * said
+    if m.margin is not None and m.excess <= m.margin:
+        return f"{head}: within the model's validated error ({m.margin:.1f} {u})"
     return f"{head}: inside the folds' interval"
 
 
@@ -227,9 +228,10 @@ def compare_metric(spec: MetricSpec, clinical: float, predicted: float, fold_val
     bias = bias if margin is not None else 0.0
     outside = worse_by(spec, clinical, upper if spec.higher_is_worse else lower) > bias
     flagged = can_flag and excess > bias + tolerance and outside and (margin is None or excess > margin)
-    m = dict(clinical=clinical, predicted=predicted, lower=lower, upper=upper, excess=excess, tolerance=tolerance,
-             margin=margin, flagged=flagged, can_flag=can_flag, bias=bias)
-    return MetricQA(spec.name, spec.unit, spec.higher_is_worse, **m, reason=_reason(spec, m))
+    m = MetricQA(spec.name, spec.unit, spec.higher_is_worse, clinical=clinical, predicted=predicted, lower=lower,
+                 upper=upper, excess=excess, tolerance=tolerance, margin=margin, flagged=flagged, reason="",
+                 can_flag=can_flag, bias=bias)
+    return replace(m, reason=_reason(spec, m))
 
 
 def compare_structure(name: str, kind: str, clinical_gy: np.ndarray, predicted_gy: np.ndarray,

@@ -21,6 +21,11 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
+def dvh_band_in_words(n_folds: int) -> str:
+    """What the DVH figure's band shows."""
+    return "range of the folds (band)" if n_folds > 1 else "one fold (no band)"
+
+
 def dvh_png(case_qa: CaseQA, clinical_gy: np.ndarray, predicted_gy: np.ndarray, fold_predictions_gy: list[np.ndarray],
             structures: dict[str, np.ndarray]) -> bytes:
     """Per structure: clinical DVH solid, ensemble prediction dashed, band between the folds' lowest
@@ -40,7 +45,7 @@ def dvh_png(case_qa: CaseQA, clinical_gy: np.ndarray, predicted_gy: np.ndarray, 
     ax.set_ylim(0, 101)
     ax.set_xlabel("dose (Gy)")
     ax.set_ylabel("volume (%)")
-    ax.set_title(f"{case_qa.case}: clinical (solid), predicted (dashed), fold range (band)")
+    ax.set_title(f"{case_qa.case}: clinical (solid), predicted (dashed), {dvh_band_in_words(len(fold_predictions_gy))}")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()

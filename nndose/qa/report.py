@@ -16,7 +16,7 @@ from nndose.errors import NndoseError
 from nndose.io.atomic import atomic_write_text
 from nndose.qa.calibration import basis_in_words
 from nndose.qa.compare import CaseQA, ensemble_mean, flag_metrics_in_words, rank_cases
-from nndose.qa.figures import dvh_png, slice_png
+from nndose.qa.figures import dvh_band_in_words, dvh_png, slice_png
 
 FLAG_COLOR = "#ffc8c8"  # background of a flagged row
 STYLE = f"""
@@ -58,9 +58,10 @@ def _flag_table(case_qa: CaseQA) -> str:
     return _table(["structure", "kind", "flagged", "reason"], rows, "flags")
 
 
-def _metrics_table(case_qa: CaseQA) -> str:
+def _metrics_table(case_qa: CaseQA, n_folds: int) -> str:
+    """Every metric; one fold has no interval (shown as a dash)."""
     rows = [_row([escape(s.name), escape(s.kind), escape(m.name), m.unit, f"{m.clinical:.2f}", f"{m.predicted:.2f}",
-                  f"{m.lower:.2f} - {m.upper:.2f}", f"{m.excess:+.2f}", f"{m.tolerance:.2f}",
+                  f"{m.lower:.2f} - {m.upper:.2f}" if n_folds > 1 else "-", f"{m.excess:+.2f}", f"{m.tolerance:.2f}",
                   "" if m.margin is None else f"{m.margin:.2f}", f"{m.bias:+.2f}" if m.bias else "",
                   "higher" if m.higher_is_worse else "lower",
                   ("yes" if m.flagged else "no") if m.can_flag else "shown only"],
@@ -71,13 +72,15 @@ def _metrics_table(case_qa: CaseQA) -> str:
                   rows, "metrics")
 
 
-def _rule_paragraph(case_qa: CaseQA) -> str:
-    """The flag rule in words, with the tolerance and what the margins were learnt on."""
+def _rule_paragraph(case_qa: CaseQA, n_folds: int | None = None) -> str:
+    """The flag rule in words, with the tolerance and what the margins were learnt on (n_folds 1: the
+    interval is the prediction itself)."""
     tol, cal = case_qa.tolerance, case_qa.calibration
     text = (f"Flagged: {flag_metrics_in_words(case_qa.organ_flag_metrics)}. A value is flagged when it is worse "
             f"than the ensemble prediction by more than the tolerance "
             f"({tol.gy:g} Gy or {tol.percent:g} % of the reference dose, whichever is smaller; "
-            f"{tol.percent:g} percentage points for V-x), lies outside the folds' interval")
+            f"{tol.percent:g} percentage points for V-x), lies outside the folds' interval"
+            + (" (with one fold, the prediction itself)" if n_folds == 1 else ""))
     if cal:
         kinds, source, missing = basis_in_words(cal)
         text += (f", and, for {kinds}, is worse by more than the model's own error allows (margins learnt on "
@@ -109,10 +112,10 @@ def case_report_html(case_qa: CaseQA, clinical_gy: np.ndarray, fold_predictions_
              + (f"; targets flagged: {escape(', '.join(case_qa.flagged_targets))}" if case_qa.flagged_targets else "")
              + f"; sparing left {case_qa.sparing_left_gy:.2f} Gy (organ Dmean beyond the interval, tolerance and margin, the first two moved by the model's bias where known, summed); "
              f"{len(fold_predictions_gy)} fold{'' if len(fold_predictions_gy) == 1 else 's'}.</p>",
-             _rule_paragraph(case_qa),
+             _rule_paragraph(case_qa, len(fold_predictions_gy)),
              "<h2>Flags</h2>", _flag_table(case_qa),
-             "<h2>All metrics</h2>", _metrics_table(case_qa),
-             "<h2>DVH: clinical (solid), predicted (dashed), range of the folds (band)</h2>",
+             "<h2>All metrics</h2>", _metrics_table(case_qa, len(fold_predictions_gy)),
+             f"<h2>DVH: clinical (solid), predicted (dashed), {dvh_band_in_words(len(fold_predictions_gy))}</h2>",
              _img(dvh_png(case_qa, clinical_gy, predicted, fold_predictions_gy, structures), "DVH overlay"),
              "<h2>Flagged structures: clinical dose, predicted dose, difference</h2>"]
     for s in flagged:

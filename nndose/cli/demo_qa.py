@@ -71,6 +71,6 @@ def qa_step(raw: Path, seed: int, n_phantoms: int, predictor: DosePredictor, wor
     lines.append(f"flagged in the other plans: {'; '.join(others) if others else 'nothing'}")
     if any(q.flagged_targets for q in qas.values()) and "target" not in first.calibration["kinds"]:
         lines.append(f"(targets: too few among the {CALIBRATION_PLANS} calibration plans for margins, "
-                     f"so flagged on the tolerance alone, where the model's own error shows)")
+                     f"so flagged on the tolerance alone: the model's own error on them is not allowed for)")
     lines.append(f"plan QA report: {report / QA_INDEX}")
     return lines

@@ -191,8 +191,9 @@ class CaseQA:
 
 def _reason(spec: MetricSpec, m: MetricQA) -> str:
     u = spec.unit if spec.unit == "Gy" else "percentage points"
-    head = (f"{spec.name} {m.clinical:.1f} {spec.unit} vs predicted {m.predicted:.1f} {spec.unit} "
-            f"[{m.lower:.1f}, {m.upper:.1f}]")
+    head = f"{spec.name} {m.clinical:.1f} {spec.unit} vs predicted {m.predicted:.1f} {spec.unit}"
+    if m.upper > m.lower:   # a zero-width interval (one fold, or folds that agree) is not shown
+        head += f" [{m.lower:.1f}, {m.upper:.1f}]"
     said = abs(m.bias) >= 0.05   # a bias that rounds to 0.0 in the text is not spoken of
     if said:
         corrected = m.predicted + (m.bias if spec.higher_is_worse else -m.bias)

@@ -31,6 +31,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -229,9 +230,17 @@ def _excess_rows(cases: list[dict], organ_flag_metrics) -> dict[str, dict[str, l
     return excess
 
 
+class _KindChoice(NamedTuple):
+    """A kind's calibration: the level, the rate left out at it, the scaled margins, their biases, the pooled margins."""
+    level: float
+    rate: float
+    own: dict
+    biases: dict
+    pooled: dict
+
+
 def _largest_level(structures: dict[str, list[dict[str, float]]], false_alarm: float, scaled: bool):
-    """(level, rate left out, scaled margins, their biases, pooled margins) at the largest level whose rate
-    is at most false_alarm; None when none is."""
+    """The _KindChoice at the largest level whose rate is at most false_alarm; None when none is."""
     for fraction in LEVELS:
         level_out = fraction * false_alarm
         chosen = _kind_margins(structures, level_out, scaled)
@@ -239,7 +248,7 @@ def _largest_level(structures: dict[str, list[dict[str, float]]], false_alarm: f
             return None   # the pool is too small at this level and at every lower one
         rate = float(np.mean(_structures_beyond(structures, chosen[0], level_out)))
         if rate <= false_alarm:
-            return (level_out, rate, *chosen)
+            return _KindChoice(level_out, rate, *chosen)
     return None
 
 
@@ -254,12 +263,11 @@ def _typical_margin(structures: dict[str, list[dict[str, float]]], own: dict, po
 
 
 def _choose_level(structures: dict[str, list[dict[str, float]]], false_alarm: float):
-    """(level, rate left out, scaled margins, their biases, pooled margins): for scaled margins and for
-    pooled ones the largest level whose rate is at most false_alarm, then of the two the one with the
-    smaller typical margin (pooled ones when equal, as for a single structure); None when neither has such
-    a level."""
+    """The _KindChoice: for scaled margins and for pooled ones the largest level whose rate is at most
+    false_alarm, then of the two the one with the smaller typical margin (pooled ones when equal, as for a
+    single structure); None when neither has such a level."""
     candidates = [c for c in (_largest_level(structures, false_alarm, scaled) for scaled in (False, True)) if c]
-    return min(candidates, key=lambda c: _typical_margin(structures, c[2], c[4]), default=None)
+    return min(candidates, key=lambda c: _typical_margin(structures, c.own, c.pooled), default=None)
 
 
 def calibrate(cases: list[dict], false_alarm: float = DEFAULT_FALSE_ALARM,

@@ -107,6 +107,11 @@ class MetricQA:
     bias: float = 0.0      # the model's systematic error (worse by this much on average; 0: none known)
 
     @property
+    def has_interval(self) -> bool:
+        """Whether the folds spread at all (one fold, or folds that agree: the interval is the prediction)."""
+        return self.upper > self.lower
+
+    @property
     def slack(self) -> float:
         """How much worse than predicted the flag rule lets a value be, the interval aside (the tolerance
         counted from the prediction corrected by the bias)."""
@@ -192,7 +197,7 @@ class CaseQA:
 def _reason(spec: MetricSpec, m: MetricQA) -> str:
     u = spec.unit if spec.unit == "Gy" else "percentage points"
     head = f"{spec.name} {m.clinical:.1f} {spec.unit} vs predicted {m.predicted:.1f} {spec.unit}"
-    if m.upper > m.lower:   # a zero-width interval (one fold, or folds that agree) is not shown
+    if m.has_interval:
         head += f" [{m.lower:.1f}, {m.upper:.1f}]"
     said = abs(m.bias) >= 0.05   # a bias that rounds to 0.0 in the text is not spoken of
     if said:

@@ -58,10 +58,10 @@ def _flag_table(case_qa: CaseQA) -> str:
     return _table(["structure", "kind", "flagged", "reason"], rows, "flags")
 
 
-def _metrics_table(case_qa: CaseQA, n_folds: int) -> str:
-    """Every metric; one fold has no interval (shown as a dash)."""
+def _metrics_table(case_qa: CaseQA) -> str:
+    """Every metric; a zero-width interval (one fold, or folds that agree) shown as a dash."""
     rows = [_row([escape(s.name), escape(s.kind), escape(m.name), m.unit, f"{m.clinical:.2f}", f"{m.predicted:.2f}",
-                  f"{m.lower:.2f} - {m.upper:.2f}" if n_folds > 1 else "-", f"{m.excess:+.2f}", f"{m.tolerance:.2f}",
+                  f"{m.lower:.2f} - {m.upper:.2f}" if m.has_interval else "-", f"{m.excess:+.2f}", f"{m.tolerance:.2f}",
                   "" if m.margin is None else f"{m.margin:.2f}", f"{m.bias:+.2f}" if m.bias else "",
                   "higher" if m.higher_is_worse else "lower",
                   ("yes" if m.flagged else "no") if m.can_flag else "shown only"],
@@ -114,7 +114,7 @@ def case_report_html(case_qa: CaseQA, clinical_gy: np.ndarray, fold_predictions_
              f"{len(fold_predictions_gy)} fold{'' if len(fold_predictions_gy) == 1 else 's'}.</p>",
              _rule_paragraph(case_qa, len(fold_predictions_gy)),
              "<h2>Flags</h2>", _flag_table(case_qa),
-             "<h2>All metrics</h2>", _metrics_table(case_qa, len(fold_predictions_gy)),
+             "<h2>All metrics</h2>", _metrics_table(case_qa),
              f"<h2>DVH: clinical (solid), predicted (dashed), {dvh_band_in_words(len(fold_predictions_gy))}</h2>",
              _img(dvh_png(case_qa, clinical_gy, predicted, fold_predictions_gy, structures), "DVH overlay"),
              "<h2>Flagged structures: clinical dose, predicted dose, difference</h2>"]

@@ -75,7 +75,17 @@ def test_checkpoints_load_with_weights_only(env, capsys):
     assert (fold.parent / "plans.json").is_file() and (fold.parent / "dataset.json").is_file()
 
 
+def _flat(state: dict) -> torch.Tensor:
+    return torch.cat([v.flatten().double() for _, v in sorted(state.items()) if v.is_floating_point()])
+
+
 def test_killed_run_resumes_to_the_same_weights(env, capsys):
+    """A run killed in another process and resumed ends where the uninterrupted run does. Not to the bit:
+    CPU kernels can round differently from one process to the next (CI saw 2.6e-5 once), and 15 AdamW
+    steps amplify rounding, so the test bounds the drift relative to how far training moved the weights.
+    Measured on this dataset: every initial weight nudged by one ulp drifts 2.1-2.4 %; the wrong resumes
+    drift far more (fresh optimizer state 33 %, batches re-drawn from the first 18 %, learning-rate
+    schedule one epoch late 16 %)."""
     args = ["42", "3d_fullres", "all", "--epochs", "5", "--iterations_per_epoch", "3", "--device", "cpu"]
     assert run_command(train_main, args, capsys)[0] == 0
     fold = env / "nndose_results/Dataset042_Tiny" / MODEL / "fold_all"
@@ -96,8 +106,10 @@ def test_killed_run_resumes_to_the_same_weights(env, capsys):
     assert code == 0, err
     resumed = torch.load(fold / "checkpoint_final.pth", weights_only=True)
     assert resumed["epoch"] == 5 and len(resumed["log"]["train_loss"]) == 5
-    for k, v in reference["network"].items():
-        assert torch.allclose(v, resumed["network"][k], atol=1e-5), k
+    assert sorted(resumed["network"]) == sorted(reference["network"])
+    init, ref = _flat(_trainer(env).evaluated_network.state_dict()), _flat(reference["network"])
+    drift = float((_flat(resumed["network"]) - ref).norm() / (ref - init).norm())
+    assert drift < 0.05, f"resumed weights drift {drift:.1%} of training's own change"
 
 
 def _ddp_step(rank, world, port, result_dir):

@@ -276,7 +276,9 @@ def test_a_one_fold_report_says_it_has_no_band_or_interval(tmp_path):
     write_case_report(qa, clinical, [mean], masks, None, tmp_path / "one.html")
     html = (tmp_path / "one.html").read_text()
     assert "one fold (no band)" in html and "range of the folds" not in html
-    assert "(with one fold, the prediction itself)" in html
+    assert "(with one fold, the prediction itself)" in html and qa.n_folds == qa.to_json()["n_folds"] == 1
+    write_cohort_report([qa], tmp_path / "index.html", {})   # the cohort page states the same rule
+    assert "(with one fold, the prediction itself)" in (tmp_path / "index.html").read_text()
     assert qa.structure("Rectum").reason.startswith("Dmean 27.0 Gy vs predicted 22.0 Gy: 5.0 Gy more than achievable")
     metrics = html[html.index('<table class="metrics">'):]
     assert '<td class="num">-</td>' in metrics and " - " not in metrics[:metrics.index("</table>")]

@@ -159,6 +159,7 @@ class CaseQA:
     reference_dose_gy: float
     tolerance: Tolerance
     structures: tuple[StructureQA, ...]
+    n_folds: int                      # fold predictions in the ensemble (1: the interval is the prediction)
     calibration: dict | None = None   # false alarm rate, validation cases and kinds of the margins (None: none)
     organ_flag_metrics: tuple[str, ...] = DEFAULT_ORGAN_FLAG_METRICS
 
@@ -188,7 +189,7 @@ class CaseQA:
     def to_json(self) -> dict:
         return {"case": self.case, "reference_dose_gy": self.reference_dose_gy,
                 "tolerance": {"gy": self.tolerance.gy, "percent": self.tolerance.percent},
-                "calibration": self.calibration, "organ_flag_metrics": list(self.organ_flag_metrics),
+                "n_folds": self.n_folds, "calibration": self.calibration, "organ_flag_metrics": list(self.organ_flag_metrics),
                 "n_flagged_organs": self.n_flagged_organs, "flagged_organs": list(self.flagged_organs),
                 "flagged_targets": list(self.flagged_targets), "sparing_left_gy": self.sparing_left_gy,
                 "structures": [s.to_json() for s in self.structures]}
@@ -316,8 +317,8 @@ def compare_case(case: str, clinical_gy: np.ndarray, fold_predictions_gy: list[n
             biases = None if calibration is None else calibration.biases_for(name, kind, reference_dose_gy)
             out.append(compare_structure(name, kind, clinical[mask], mean[mask], [f[mask] for f in folds],
                                          voxel_mm3, tolerance, reference_dose_gy, margins, organ_flag_metrics, biases))
-    return CaseQA(case, reference_dose_gy, tolerance, tuple(out), None if calibration is None else calibration.summary(),
-                  organ_flag_metrics)
+    return CaseQA(case, reference_dose_gy, tolerance, tuple(out), len(folds),
+                  None if calibration is None else calibration.summary(), organ_flag_metrics)
 
 
 KEEP = object()   # with_tolerance: keep the case's margins
@@ -349,7 +350,8 @@ def with_tolerance(case_qa: CaseQA, tolerance: Tolerance, calibration=KEEP, orga
                            specs[m.name] in flags, biases.get(m.name, 0.0))
             for m in s.metrics)))
     summary = case_qa.calibration if calibration is KEEP else (None if calibration is None else calibration.summary())
-    return CaseQA(case_qa.case, case_qa.reference_dose_gy, tolerance, tuple(structures), summary, organ_flag_metrics)
+    return CaseQA(case_qa.case, case_qa.reference_dose_gy, tolerance, tuple(structures), case_qa.n_folds, summary,
+                  organ_flag_metrics)
 
 
 def rank_cases(case_qas: list[CaseQA]) -> list[CaseQA]:

@@ -72,15 +72,15 @@ def _metrics_table(case_qa: CaseQA) -> str:
                   rows, "metrics")
 
 
-def _rule_paragraph(case_qa: CaseQA, n_folds: int | None = None) -> str:
-    """The flag rule in words, with the tolerance and what the margins were learnt on (n_folds 1: the
+def _rule_paragraph(case_qa: CaseQA) -> str:
+    """The flag rule in words, with the tolerance and what the margins were learnt on (with one fold, the
     interval is the prediction itself)."""
     tol, cal = case_qa.tolerance, case_qa.calibration
     text = (f"Flagged: {flag_metrics_in_words(case_qa.organ_flag_metrics)}. A value is flagged when it is worse "
             f"than the ensemble prediction by more than the tolerance "
             f"({tol.gy:g} Gy or {tol.percent:g} % of the reference dose, whichever is smaller; "
             f"{tol.percent:g} percentage points for V-x), lies outside the folds' interval"
-            + (" (with one fold, the prediction itself)" if n_folds == 1 else ""))
+            + (" (with one fold, the prediction itself)" if case_qa.n_folds == 1 else ""))
     if cal:
         kinds, source, missing = basis_in_words(cal)
         text += (f", and, for {kinds}, is worse by more than the model's own error allows (margins learnt on "
@@ -112,7 +112,7 @@ def case_report_html(case_qa: CaseQA, clinical_gy: np.ndarray, fold_predictions_
              + (f"; targets flagged: {escape(', '.join(case_qa.flagged_targets))}" if case_qa.flagged_targets else "")
              + f"; sparing left {case_qa.sparing_left_gy:.2f} Gy (organ Dmean beyond the interval, tolerance and margin, the first two moved by the model's bias where known, summed); "
              f"{len(fold_predictions_gy)} fold{'' if len(fold_predictions_gy) == 1 else 's'}.</p>",
-             _rule_paragraph(case_qa, len(fold_predictions_gy)),
+             _rule_paragraph(case_qa),
              "<h2>Flags</h2>", _flag_table(case_qa),
              "<h2>All metrics</h2>", _metrics_table(case_qa),
              f"<h2>DVH: clinical (solid), predicted (dashed), {dvh_band_in_words(len(fold_predictions_gy))}</h2>",

@@ -1,0 +1,37 @@
+"""The low-dose saturation benchmark: its summary by hand, its OpenKBP reader against the volumes the
+patients were written from, and its raw-dataset reader against nibabel's reading of the same files."""
+import nibabel as nib
+import numpy as np
+import pytest
+
+from benchmarks.low_dose_saturation import openkbp_values, raw_values, saturation
+from tests.conftest import TEMPLATE
+from tests.openkbp_helpers import synthetic_patient
+
+
+def test_saturation_by_hand():
+    s = saturation({"A": [(100.0, 30.0), (96.0, 20.0), (50.0, 10.0)], "B": [(94.9, 1.0)]})
+    assert s["A"] == {"plans": 3, "v5gy_at_least_95_percent": pytest.approx(2 / 3),
+                      "v5gy_at_least_99.9_percent": pytest.approx(1 / 3), "median_v5gy_percent": 96.0,
+                      "median_dmean_gy": 20.0}
+    assert s["B"]["v5gy_at_least_95_percent"] == 0.0
+
+
+def test_openkbp_values_match_the_written_volumes(tmp_path):
+    volumes = [synthetic_patient(tmp_path / f"pt_{i}", seed=i) for i in (1, 2)]
+    values = openkbp_values(tmp_path)
+    assert sorted(values) == ["LeftParotid", "SpinalCord"]
+    for organ in values:
+        expected = [(100.0 * np.mean(v["dose"][v[organ]] >= 5.0), float(v["dose"][v[organ]].mean())) for v in volumes]
+        assert np.allclose(values[organ], expected, atol=1e-4)
+
+
+def test_raw_values_match_nibabel(tmp_path):
+    values = raw_values(TEMPLATE)
+    case = TEMPLATE / "casesTr" / "case_000"
+    dose = np.asarray(nib.load(case / "dose.nii.gz").dataobj, dtype=np.float64)
+    cord = np.asarray(nib.load(case / "structures" / "SpinalCord.nii.gz").dataobj) > 0
+    assert cord.any() and list(values) == ["SpinalCord"]   # Parotid_L has no mask in the template case
+    (v5, dmean), = values["SpinalCord"]
+    assert v5 == pytest.approx(100.0 * np.mean(dose[cord] >= 5.0))
+    assert dmean == pytest.approx(dose[cord].mean(), rel=1e-5)

@@ -152,6 +152,22 @@ def test_volume_tolerance_is_in_percentage_points():
     assert (v20(2).excess, v20(2).flagged) == (5.0, True)    # 2 / 40 = 5 points > 3
 
 
+def test_a_full_volume_metric_says_it_cannot_show_worse_sparing():
+    """An organ every voxel of which gets 20 Gy or more in both plans: V20Gy is 100 % whatever the plan,
+    so its reason says so instead of calling the plan no worse; V30Gy, below 100 %, reasons as usual."""
+    organ = np.zeros((1, 6, 10), bool)
+    organ[0, 2:] = True
+    clinical, prediction = np.where(organ, 25.0, 70.0), np.where(organ, 21.0, 70.0)
+    clinical[0, 2, :] = 35.0   # 10 of the 40 voxels: V30Gy 25 % against 0 %, flagged
+    qa = compare_case("c", clinical, [prediction], {"PTV": ~organ, "Organ": organ}, {"PTV": "target", "Organ": "oar"},
+                      {"PTV": 70.0}, VOXEL_MM3, organ_flag_metrics=["V20Gy", "V30Gy"])
+    v20, v30 = qa.structure("Organ").metric("V20Gy"), qa.structure("Organ").metric("V30Gy")
+    assert (v20.clinical, v20.predicted, v20.flagged) == (100.0, 100.0, False)
+    assert v20.reason == ("V20Gy 100.0 % vs predicted 100.0 %: the whole organ already gets 20 Gy, "
+                          "so V20Gy cannot show worse sparing")
+    assert (v30.clinical, v30.flagged) == (25.0, True) and "cannot show" not in v30.reason
+
+
 def _target_case(clinical_target_gy, name="c"):
     """A 20-voxel target, ensemble 60 Gy, folds 59 / 60 / 61 Gy."""
     masks = {"PTV": np.zeros((1, 4, 10), bool)}

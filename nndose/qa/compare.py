@@ -195,6 +195,9 @@ class CaseQA:
                 "structures": [s.to_json() for s in self.structures]}
 
 
+FULL_VOLUME_PERCENT = 99.95   # a V-x this high shows as 100 % and cannot rise: it cannot show a worse plan
+
+
 def _reason(spec: MetricSpec, m: MetricQA) -> str:
     u = spec.unit if spec.unit == "Gy" else "percentage points"
     head = f"{spec.name} {m.clinical:.1f} {spec.unit} vs predicted {m.predicted:.1f} {spec.unit}"
@@ -211,6 +214,8 @@ def _reason(spec: MetricSpec, m: MetricQA) -> str:
         return (f"{head}: {m.excess - m.bias:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than "
                 + ("the corrected prediction" if said else "achievable")
                 + f", {worse_by(spec, m.clinical, m.allowed):.1f} {u} beyond what the flag rule lets pass")
+    if spec.unit == "%" and spec.higher_is_worse and m.clinical >= FULL_VOLUME_PERCENT:
+        return f"{head}: the whole organ already gets {spec.name[1:-2]} Gy, so {spec.name} cannot show worse sparing"
     if m.excess <= m.bias:
         return f"{head}: no worse than {'the corrected prediction' if said else 'predicted'}"
     if m.excess <= m.bias + m.tolerance:

@@ -9,9 +9,12 @@ its sparing, below; the candidate organs are the rectum and bladder, or the paro
 organs cannot be made that much worse, e.g. one lying in the target, is left out and counted). Plan QA
 runs on both sets. Reported for each flag rule (the tolerance and the folds' interval alone; margins
 calibrated on the folds' validation cases for 2, 5 and 10 % false alarms; organs flagged on Dmean, the
-default, and on every metric): sensitivity (degraded organ flagged, also per organ), false alarms
-(organs of the standard plans flagged, and standard plans with any flag), and the degraded plans' other
-organs flagged; with a sweep of tolerances. --reuse flags again from the work folder's trained folds.
+default, on every metric, and on the low-dose V5Gy alone or with Dmean): sensitivity (degraded organ
+flagged, also per organ), false alarms (organs of the standard plans flagged, and standard plans with
+any flag), and the degraded plans' other organs flagged; with a sweep of tolerances and the AUC of each
+organ metric's excess. --reuse flags again from the work folder's trained folds; --first_test N plans a
+fresh test set from phantom N on (default: right after the training phantoms), to check a rule chosen
+on the first one.
 
 python -m benchmarks.plan_qa -o benchmarks/results/plan_qa_phantoms_cpu_5_percent.json --small_network -np 2 \
     --device cpu --epochs 40 --iterations 20 --n_test 96

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.plan_qa import separability, technique, write_test_sets_pyradplan
+from benchmarks.plan_qa import metric_aucs, separability, technique, write_test_sets_pyradplan
 from nndose.datasets.phantom_anatomy import phantom_kinds
 from nndose.errors import NndoseError
 from nndose.io.raw_dataset import DatasetInfo, write_dataset_json
@@ -61,6 +61,18 @@ def test_separability_pooled_and_per_technique_by_hand():
     assert vmat["standard_organs_dmean_excess_gy"] == pytest.approx({"mean": 1.5, "sd": 1.5})
 
 
+def test_metric_aucs_by_hand():
+    """The separability test's plans: every organ uniform, so Dmean and D2 are its dose and their excesses
+    the added dose, in % of the prescription: standard 1.67, 0 (a), 0, 10 (b); degraded 6.67 and 6.67, each
+    beating three of four. Each organ's dose stays on one side of every V-x level (rectum 22 Gy, bladder
+    10 Gy, + 1 to 4 Gy), so every V-x excess is 0: ties, AUC 0.5."""
+    standard = [_case("a", {"Rectum": 1.0}), _case("b", {"Bladder": 3.0}, rx_gy=30.0)]
+    degraded = [_case("a", {"Rectum": 4.0}), _case("b", {"Bladder": 2.0}, rx_gy=30.0)]
+    aucs = metric_aucs(standard, degraded, {"a": {"organ": "Rectum"}, "b": {"organ": "Bladder"}})
+    assert aucs == {"Dmean": pytest.approx(0.75), "D0.1cc": pytest.approx(0.75), "D2": pytest.approx(0.75),
+                    "V5Gy": 0.5, "V20Gy": 0.5, "V30Gy": 0.5, "V40Gy": 0.5}
+
+
 def test_technique_names_site_modality_and_a_turned_couch():
     def plan(couch_deg):
         return TreatmentPlan("head_neck", "IMRT", Machine("linac", 1000.0, 6.0), (Prescription("PTV", 70.0, 35),),
@@ -72,7 +84,8 @@ def test_technique_names_site_modality_and_a_turned_couch():
 @pytest.mark.parametrize("bad, message", [(["-tr", "Bogus"], "unknown trainer 'Bogus'"),
                                           (["--degradation_percent", "0"], "must lie in (0, 100]"),
                                           (["--engine", "pyradplan", "--pyradplan_python", "/no/python"],
-                                           "no such Python for pyRadPlan")])
+                                           "no such Python for pyRadPlan"),
+                                          (["--first_test", "3"], "--first_test 3 would test on training phantoms (0..4)")])
 def test_bad_arguments_refused_in_one_line_before_any_work(bad, message, tmp_path):
     run = subprocess.run([sys.executable, "-m", "benchmarks.plan_qa", "-o", str(tmp_path / "r.json"),
                           "--work", str(tmp_path / "work"), "--n", "5", "--n_test", "1", "--epochs", "1", *bad],

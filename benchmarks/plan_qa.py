@@ -141,7 +141,8 @@ def score(standard: list, degraded_qa: list, truth: dict) -> dict:
             "degraded_plans_other_organs_flagged": float(np.mean(others)) if others else 0.0}
 
 
-def _dmean_excess(q, organ: str, metric: str = "Dmean") -> float:
+def _excess(q, organ: str, metric: str = "Dmean") -> float:
+    """How much worse than predicted the organ's metric is in the plan (Gy, or percentage points)."""
     return next(m.excess for m in q.structure(organ).metrics if m.name == metric)
 
 
@@ -149,7 +150,7 @@ def metric_aucs(standard: list, degraded: list, truth: dict) -> dict[str, float]
     """For each organ metric: the probability that the degraded organ's excess over the prediction beats
     a standard plan's organ's (AUC); doses in % of each plan's prescription, V-x in percentage points."""
     def excess(q, organ, spec):
-        return _dmean_excess(q, organ, spec.name) * (100.0 / q.reference_dose_gy if spec.unit == "Gy" else 1.0)
+        return _excess(q, organ, spec.name) * (100.0 / q.reference_dose_gy if spec.unit == "Gy" else 1.0)
     out = {}
     for spec in OAR_METRICS:
         worse = np.array([excess(q, truth[q.case]["organ"], spec) for q in degraded])
@@ -184,9 +185,9 @@ def separability(standard: list, degraded: list, truth: dict, techniques: dict[s
     per technique (`techniques`: case -> technique of the test plans), with how many training plans
     had it."""
     standard_by_case = {q.case: q for q in standard}
-    worse = {q.case: _dmean_excess(q, truth[q.case]["organ"]) for q in degraded}
-    same_organ = [_dmean_excess(standard_by_case[q.case], truth[q.case]["organ"]) for q in degraded]
-    every = {q.case: [_dmean_excess(q, s.name) for s in q.structures if s.kind == "oar"] for q in standard}
+    worse = {q.case: _excess(q, truth[q.case]["organ"]) for q in degraded}
+    same_organ = [_excess(standard_by_case[q.case], truth[q.case]["organ"]) for q in degraded]
+    every = {q.case: [_excess(q, s.name) for s in q.structures if s.kind == "oar"] for q in standard}
     percent = {q.case: 100.0 / q.reference_dose_gy for q in standard}   # Gy -> % of the case's prescription
     in_percent = _separation([worse[c] * percent[c] for c in standard_by_case if c in worse],
                              [e * percent[c] for c, es in every.items() for e in es])

@@ -3,8 +3,10 @@ already (nearly) 100 %: more dose cannot raise it. For every organ at risk of th
 with --raw, of nndose raw datasets, e.g. the plan-QA benchmark's phantoms), how often V5Gy is at least
 95 % and 99.9 %, with its median and the median Dmean.
 
-python -m benchmarks.low_dose_saturation -o benchmarks/results/low_dose_saturation.json \
-    --raw /tmp/nndose_plan_qa_bench_120/nndose_raw/Dataset975_QAPyRadPlan
+python -m benchmarks.low_dose_saturation -o benchmarks/results/low_dose_saturation_openkbp_phantoms.json \
+    --splits train validation --raw /tmp/nndose_plan_qa_bench_120/nndose_raw/Dataset970_QA \
+    /tmp/nndose_plan_qa_bench_120/nndose_raw/Dataset975_QAPyRadPlan
+(the plan-QA benchmark's work folder: its phantom engine's and pyRadPlan's training phantoms)
 
 --openkbp takes the folder of the .tar.xz archives (default ../shared/data/openkbp) or one holding
 train-pats/ and validation-pats/; --splits the splits read (default: validation, 33 plans).
@@ -30,8 +32,8 @@ SATURATED_PERCENT = (95.0, 99.9)
 
 
 def saturation(values: dict[str, list[tuple[float, float]]]) -> dict[str, dict]:
-    """Per organ, from (V5Gy in %, Dmean in Gy) of each plan: how many plans, the share of them with V5Gy
-    at least each of SATURATED_PERCENT, the median V5Gy and Dmean."""
+    """Per organ, from (V5Gy in %, Dmean in Gy) of each plan that has it: how many plans, the share of
+    them with V5Gy at least each of SATURATED_PERCENT, the median V5Gy and Dmean."""
     out = {}
     for organ, rows in sorted(values.items()):
         v5, dmean = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
@@ -47,29 +49,37 @@ def _add(values: dict, organ: str, dose_in_organ: np.ndarray, voxel_mm3: float) 
         values.setdefault(organ, []).append((points["V5Gy"], points["Dmean"]))
 
 
-def openkbp_values(patients: Path) -> dict[str, list[tuple[float, float]]]:
-    """(V5Gy, Dmean) of every organ of every OpenKBP patient folder (pt_*) under `patients`."""
+def openkbp_values(patients: Path) -> tuple[int, dict[str, list[tuple[float, float]]]]:
+    """How many OpenKBP patient folders (pt_*) lie under `patients`, and (V5Gy, Dmean) of each of their
+    organs."""
     values: dict = {}
-    for folder in tqdm(sorted(patients.glob("pt_*")), desc=patients.name, unit="plan"):
+    folders = sorted(patients.glob("pt_*"))
+    for folder in tqdm(folders, desc=patients.name, unit="plan"):
         dose = dense_from_sparse(*read_sparse_csv(folder / "dose.csv", True), np.float32)
         voxel_mm3 = float(np.prod(read_voxel_dims(folder / "voxel_dimensions.csv")))
         for organ in ORGANS:
             if (folder / f"{organ}.csv").is_file():
                 idx, _ = read_sparse_csv(folder / f"{organ}.csv", False)
                 _add(values, organ, dose.reshape(-1)[idx], voxel_mm3)
-    return values
+    return len(folders), values
 
 
-def raw_values(dataset: Path) -> dict[str, list[tuple[float, float]]]:
-    """(V5Gy, Dmean) of every organ at risk of every training case of an nndose raw dataset."""
+def raw_values(dataset: Path) -> tuple[int, dict[str, list[tuple[float, float]]]]:
+    """How many training cases an nndose raw dataset has, and (V5Gy, Dmean) of each of their organs at risk."""
     info = load_dataset_json(dataset)
     values: dict = {}
-    for case_dir in tqdm(list_cases(dataset, TRAIN_DIR), desc=dataset.name, unit="plan"):
+    cases = list_cases(dataset, TRAIN_DIR)
+    for case_dir in tqdm(cases, desc=dataset.name, unit="plan"):
         case = load_case(case_dir, info, require_dose=True)
         for organ in info.organs:
             if organ in case.structures:
                 _add(values, organ, case.dose[case.structures[organ]], case.grid.voxel_volume_mm3)
-    return values
+    return len(cases), values
+
+
+def _summary(counted: tuple[int, dict]) -> dict:
+    plans, values = counted
+    return {"plans": plans, "organs": saturation(values)}
 
 
 def main() -> None:
@@ -82,9 +92,9 @@ def main() -> None:
     result = {"saturated_percent": list(SATURATED_PERCENT)}
     with tempfile.TemporaryDirectory() as work:
         for split in args.splits:
-            result[f"openkbp_{split}"] = saturation(openkbp_values(patient_folders(args.openkbp, Path(work), split)))
+            result[f"openkbp_{split}"] = _summary(openkbp_values(patient_folders(args.openkbp, Path(work), split)))
     for dataset in args.raw:
-        result[dataset.name] = saturation(raw_values(dataset))
+        result[dataset.name] = _summary(raw_values(dataset))
     write_result(args.o, result)
 
 

@@ -146,6 +146,12 @@ def _excess(q, organ: str, metric: str = "Dmean") -> float:
     return next(m.excess for m in q.structure(organ).metrics if m.name == metric)
 
 
+def _auc(worse, every) -> float:
+    """The probability that a degraded organ's excess beats a normal organ's, ties counting half."""
+    worse, every = np.asarray(worse)[:, None], np.asarray(every)[None, :]
+    return float(np.mean(worse > every) + 0.5 * np.mean(worse == every))
+
+
 def metric_aucs(standard: list, degraded: list, truth: dict) -> dict[str, float]:
     """For each organ metric: the probability that the degraded organ's excess over the prediction beats
     a standard plan's organ's (AUC); doses in % of each plan's prescription, V-x in percentage points."""
@@ -153,9 +159,8 @@ def metric_aucs(standard: list, degraded: list, truth: dict) -> dict[str, float]
         return _excess(q, organ, spec.name) * (100.0 / q.reference_dose_gy if spec.unit == "Gy" else 1.0)
     out = {}
     for spec in OAR_METRICS:
-        worse = np.array([excess(q, truth[q.case]["organ"], spec) for q in degraded])
-        every = np.array([excess(q, s.name, spec) for q in standard for s in q.structures if s.kind == "oar"])
-        out[spec.name] = float(np.mean(worse[:, None] > every[None, :]) + 0.5 * np.mean(worse[:, None] == every[None, :]))
+        out[spec.name] = _auc([excess(q, truth[q.case]["organ"], spec) for q in degraded],
+                              [excess(q, s.name, spec) for q in standard for s in q.structures if s.kind == "oar"])
     return out
 
 
@@ -170,7 +175,7 @@ def _separation(worse: list[float], every: list[float]) -> dict:
     set on those standard organs for 5 % false alarms (an oracle); in Gy, or the unit the excesses come in."""
     worse, every = np.asarray(worse), np.asarray(every)
     oracle = float(np.quantile(every, 0.95))
-    return {"auc_dmean": float(np.mean(worse[:, None] > every[None, :])),
+    return {"auc_dmean": _auc(worse, every),
             "oracle_dmean_threshold_gy": oracle,
             "oracle_sensitivity_at_5_percent_false_alarms": float(np.mean(worse > oracle))}
 
@@ -251,7 +256,7 @@ def main() -> None:
     ap.add_argument("--beam_per_delivery", action="store_true", help="one beam channel per delivery")
     ap.add_argument("--first_test", type=int, default=None,
                     help="index of the first held-out phantom (default: right after the training phantoms); "
-                         "another index plans a fresh test set beside the first, e.g. to confirm a rule chosen on it")
+                         "one past the first test set plans a fresh one beside it, e.g. to confirm a rule chosen on it")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the work folder's dataset, trained folds and test sets (QA again, e.g. after a change of the flag rule)")
     args = ap.parse_args()
@@ -262,6 +267,9 @@ def main() -> None:
     first_test = args.n if args.first_test is None else args.first_test
     if first_test < args.n:
         raise NndoseError(f"--first_test {first_test} would test on training phantoms (0..{args.n - 1})")
+    if args.n < first_test < args.n + args.n_test:
+        raise NndoseError(f"--first_test {first_test} would share phantoms with the first test set "
+                          f"({args.n}..{args.n + args.n_test - 1}): start at {args.n + args.n_test} or later")
     fresh = "" if first_test == args.n else f"_from_{first_test}"
     python = pyradplan_python(args.pyradplan_python) if args.engine == "pyradplan" else None
     start = time.time()

@@ -19,19 +19,19 @@ def test_saturation_by_hand():
 
 def test_openkbp_values_match_the_written_volumes(tmp_path):
     volumes = [synthetic_patient(tmp_path / f"pt_{i}", seed=i) for i in (1, 2)]
-    values = openkbp_values(tmp_path)
-    assert sorted(values) == ["LeftParotid", "SpinalCord"]
+    n, values = openkbp_values(tmp_path)
+    assert n == 2 and sorted(values) == ["LeftParotid", "SpinalCord"]
     for organ in values:
         expected = [(100.0 * np.mean(v["dose"][v[organ]] >= 5.0), float(v["dose"][v[organ]].mean())) for v in volumes]
         assert np.allclose(values[organ], expected, atol=1e-4)
 
 
-def test_raw_values_match_nibabel(tmp_path):
-    values = raw_values(TEMPLATE)
+def test_raw_values_match_nibabel():
+    n, values = raw_values(TEMPLATE)
     case = TEMPLATE / "casesTr" / "case_000"
     dose = np.asarray(nib.load(case / "dose.nii.gz").dataobj, dtype=np.float64)
     cord = np.asarray(nib.load(case / "structures" / "SpinalCord.nii.gz").dataobj) > 0
-    assert cord.any() and list(values) == ["SpinalCord"]   # Parotid_L has no mask in the template case
+    assert n == 1 and cord.any() and list(values) == ["SpinalCord"]   # Parotid_L has no mask in the template case
     (v5, dmean), = values["SpinalCord"]
     assert v5 == pytest.approx(100.0 * np.mean(dose[cord] >= 5.0))
     assert dmean == pytest.approx(dose[cord].mean(), rel=1e-5)

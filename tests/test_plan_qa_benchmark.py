@@ -62,15 +62,16 @@ def test_separability_pooled_and_per_technique_by_hand():
 
 
 def test_metric_aucs_by_hand():
-    """The separability test's plans: every organ uniform, so Dmean and D2 are its dose and their excesses
-    the added dose, in % of the prescription: standard 1.67, 0 (a), 0, 10 (b); degraded 6.67 and 6.67, each
-    beating three of four. Each organ's dose stays on one side of every V-x level (rectum 22 Gy, bladder
-    10 Gy, + 1 to 4 Gy), so every V-x excess is 0: ties, AUC 0.5."""
+    """Every organ uniform, so Dmean, D0.1cc and D2 are its dose and their excesses the added dose, in %
+    of the prescription: standard 1.67, 0 (a, 60 Gy), 0, 10 (b, 30 Gy); degraded 15 (rectum + 9 Gy) and
+    6.67 (bladder + 2 Gy), beating four and three of four: 7/8. The degraded rectum, 31 Gy, crosses 30 Gy:
+    its V30Gy excess 100 points beats the four normal organs' 0, the bladder's 0 ties them: (4 + 4 / 2) / 8.
+    No other dose crosses a V-x level (rectum 22 Gy, bladder 10 Gy predicted): all tied, 0.5."""
     standard = [_case("a", {"Rectum": 1.0}), _case("b", {"Bladder": 3.0}, rx_gy=30.0)]
-    degraded = [_case("a", {"Rectum": 4.0}), _case("b", {"Bladder": 2.0}, rx_gy=30.0)]
+    degraded = [_case("a", {"Rectum": 9.0}), _case("b", {"Bladder": 2.0}, rx_gy=30.0)]
     aucs = metric_aucs(standard, degraded, {"a": {"organ": "Rectum"}, "b": {"organ": "Bladder"}})
-    assert aucs == {"Dmean": pytest.approx(0.75), "D0.1cc": pytest.approx(0.75), "D2": pytest.approx(0.75),
-                    "V5Gy": 0.5, "V20Gy": 0.5, "V30Gy": 0.5, "V40Gy": 0.5}
+    assert aucs == {"Dmean": pytest.approx(7 / 8), "D0.1cc": pytest.approx(7 / 8), "D2": pytest.approx(7 / 8),
+                    "V5Gy": 0.5, "V20Gy": 0.5, "V30Gy": 0.75, "V40Gy": 0.5}
 
 
 def test_technique_names_site_modality_and_a_turned_couch():
@@ -85,7 +86,9 @@ def test_technique_names_site_modality_and_a_turned_couch():
                                           (["--degradation_percent", "0"], "must lie in (0, 100]"),
                                           (["--engine", "pyradplan", "--pyradplan_python", "/no/python"],
                                            "no such Python for pyRadPlan"),
-                                          (["--first_test", "3"], "--first_test 3 would test on training phantoms (0..4)")])
+                                          (["--first_test", "3"], "--first_test 3 would test on training phantoms (0..4)"),
+                                          (["--first_test", "8", "--n_test", "4"],
+                                           "would share phantoms with the first test set (5..8): start at 9 or later")])
 def test_bad_arguments_refused_in_one_line_before_any_work(bad, message, tmp_path):
     run = subprocess.run([sys.executable, "-m", "benchmarks.plan_qa", "-o", str(tmp_path / "r.json"),
                           "--work", str(tmp_path / "work"), "--n", "5", "--n_test", "1", "--epochs", "1", *bad],

@@ -153,19 +153,30 @@ def test_volume_tolerance_is_in_percentage_points():
 
 
 def test_a_full_volume_metric_says_it_cannot_show_worse_sparing():
-    """An organ every voxel of which gets 20 Gy or more in both plans: V20Gy is 100 % whatever the plan,
-    so its reason says so instead of calling the plan no worse; V30Gy, below 100 %, reasons as usual."""
-    organ = np.zeros((1, 6, 10), bool)
-    organ[0, 2:] = True
-    clinical, prediction = np.where(organ, 25.0, 70.0), np.where(organ, 21.0, 70.0)
-    clinical[0, 2, :] = 35.0   # 10 of the 40 voxels: V30Gy 25 % against 0 %, flagged
-    qa = compare_case("c", clinical, [prediction], {"PTV": ~organ, "Organ": organ}, {"PTV": "target", "Organ": "oar"},
-                      {"PTV": 70.0}, VOXEL_MM3, organ_flag_metrics=["V20Gy", "V30Gy"])
+    """An organ every voxel of which gets 20 Gy or more in both the plan and the prediction: V20Gy is 100 %
+    whatever the plan, so its reason says so instead of calling the plan no worse. Where the prediction is
+    below 100 % (V30Gy: 50 % against 0 %; V20Gy of a second organ: 100 % against 50 %; both flagged) or
+    the metric is not a flag metric (D2 of the first), the usual reasons stand."""
+    organ, half = np.zeros((1, 6, 10), bool), np.zeros((1, 6, 10), bool)
+    organ[0, 2:4] = True      # 20 voxels
+    half[0, 4:6] = True       # 20 voxels
+    clinical = np.where(organ | half, 25.0, 70.0)
+    clinical[0, 2, :] = 35.0   # 10 of the organ's 20 voxels: V30Gy 50 % against 0 %
+    prediction = np.where(organ, 21.0, 70.0)
+    prediction[0, 4:6, :5] = 21.0
+    prediction[0, 4:6, 5:] = 15.0   # half of the second organ below 20 Gy: V20Gy 50 %
+    qa = compare_case("c", clinical, [prediction], {"PTV": ~(organ | half), "Organ": organ, "Half": half},
+                      {"PTV": "target", "Organ": "oar", "Half": "oar"}, {"PTV": 70.0}, VOXEL_MM3,
+                      organ_flag_metrics=["V20Gy", "V30Gy"])
     v20, v30 = qa.structure("Organ").metric("V20Gy"), qa.structure("Organ").metric("V30Gy")
     assert (v20.clinical, v20.predicted, v20.flagged) == (100.0, 100.0, False)
-    assert v20.reason == ("V20Gy 100.0 % vs predicted 100.0 %: the whole organ already gets 20 Gy, "
+    assert v20.reason == ("V20Gy 100.0 % vs predicted 100.0 %: the whole organ gets 20 Gy or more in both, "
                           "so V20Gy cannot show worse sparing")
-    assert (v30.clinical, v30.flagged) == (25.0, True) and "cannot show" not in v30.reason
+    assert (v30.clinical, v30.predicted, v30.flagged) == (50.0, 0.0, True) and "cannot show" not in v30.reason
+    half_v20 = qa.structure("Half").metric("V20Gy")
+    assert (half_v20.clinical, half_v20.predicted, half_v20.flagged) == (100.0, 50.0, True)
+    assert "cannot show" not in half_v20.reason
+    assert qa.structure("Organ").metric("D2").reason.endswith("shown, not a flag metric")
 
 
 def _target_case(clinical_target_gy, name="c"):

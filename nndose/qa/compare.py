@@ -48,10 +48,11 @@ class MetricSpec:
     name: str
     unit: str  # "Gy" or "%"
     higher_is_worse: bool
+    level_gy: float | None = None   # a V-x's dose level x
 
 
 OAR_METRICS = (MetricSpec("Dmean", "Gy", True), MetricSpec("D0.1cc", "Gy", True), MetricSpec("D2", "Gy", True),
-               *(MetricSpec(f"V{v}Gy", "%", True) for v in (5, 20, 30, 40)))
+               *(MetricSpec(f"V{v}Gy", "%", True, float(v)) for v in (5, 20, 30, 40)))
 TARGET_METRICS = (MetricSpec("D95", "Gy", False), MetricSpec("D98", "Gy", False), MetricSpec("D2", "Gy", True))
 METRICS = {"target": TARGET_METRICS, "oar": OAR_METRICS}
 KIND_NAMES = {"oar": "organs at risk", "target": "targets"}   # the kinds QA checks, in words
@@ -195,7 +196,7 @@ class CaseQA:
                 "structures": [s.to_json() for s in self.structures]}
 
 
-FULL_VOLUME_PERCENT = 99.95   # a V-x this high shows as 100 % and cannot rise: it cannot show a worse plan
+FULL_VOLUME_PERCENT = 99.95   # a V-x this high shows as 100 % and cannot rise
 
 
 def _reason(spec: MetricSpec, m: MetricQA) -> str:
@@ -214,8 +215,8 @@ def _reason(spec: MetricSpec, m: MetricQA) -> str:
         return (f"{head}: {m.excess - m.bias:.1f} {u} {'more' if spec.higher_is_worse else 'less'} than "
                 + ("the corrected prediction" if said else "achievable")
                 + f", {worse_by(spec, m.clinical, m.allowed):.1f} {u} beyond what the flag rule lets pass")
-    if spec.unit == "%" and spec.higher_is_worse and m.clinical >= FULL_VOLUME_PERCENT:
-        return f"{head}: the whole organ already gets {spec.name[1:-2]} Gy, so {spec.name} cannot show worse sparing"
+    if spec.level_gy is not None and min(m.clinical, m.predicted) >= FULL_VOLUME_PERCENT:   # no plan can be worse on it
+        return f"{head}: the whole organ gets {spec.level_gy:g} Gy or more in both, so {spec.name} cannot show worse sparing"
     if m.excess <= m.bias:
         return f"{head}: no worse than {'the corrected prediction' if said else 'predicted'}"
     if m.excess <= m.bias + m.tolerance:

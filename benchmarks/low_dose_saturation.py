@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.openkbp import REPO, patient_folders
+from benchmarks.openkbp import REPO, patient_folders, split_archives
 from benchmarks.pipeline import write_result
-from nndose.cli.common import run_cli
+from nndose.cli.common import OneLineParser, run_cli
 from nndose.datasets.openkbp import ORGANS, dense_from_sparse, read_sparse_csv, read_voxel_dims
 from nndose.evaluation.metrics import dvh_points
 from nndose.io.layout import TRAIN_DIR
@@ -83,12 +83,17 @@ def _summary(counted: tuple[int, dict]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineParser(prog="benchmarks.low_dose_saturation", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", type=Path, required=True)
     ap.add_argument("--openkbp", type=Path, default=REPO.parent / "shared" / "data" / "openkbp")
     ap.add_argument("--splits", nargs="+", default=["validation"], choices=["train", "validation"])
     ap.add_argument("--raw", type=Path, nargs="*", default=[], help="nndose raw datasets (their training cases)")
     args = ap.parse_args()
+    for split in args.splits:   # every source checked before any is read
+        split_archives(args.openkbp, split)
+    for dataset in args.raw:
+        load_dataset_json(dataset)
     result = {"saturated_percent": list(SATURATED_PERCENT)}
     with tempfile.TemporaryDirectory() as work:
         for split in args.splits:

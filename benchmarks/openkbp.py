@@ -20,19 +20,29 @@ from benchmarks import pipeline
 from nndose.cli.common import run_cli
 from nndose.datasets.openkbp import convert_openkbp, export_openkbp
 from nndose.datasets.openkbp_archives import extract_patients
+from nndose.errors import NndoseError
 from nndose.io.layout import TEST_DIR
 from nndose.io.raw_dataset import list_cases
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def patient_folders(source: Path, work: Path, split: str) -> Path:
-    """A folder of pt_* folders for the split (train, validation or test), unpacking archives if needed."""
+def split_archives(source: Path, split: str) -> list[Path]:
+    """The split's archives in `source` ([] where it holds the split's pt_* folders unpacked, <split>-pats/);
+    refused in one line where it has neither."""
     if (source / f"{split}-pats").is_dir():
-        return source / f"{split}-pats"
+        return []
     archives = sorted(source.glob(f"openkbp-{split}*.tar.xz"))
     if not archives:
-        raise SystemExit(f"{source}: neither {split}-pats/ nor openkbp-{split}*.tar.xz")
+        raise NndoseError(f"{source}: neither {split}-pats/ nor openkbp-{split}*.tar.xz")
+    return archives
+
+
+def patient_folders(source: Path, work: Path, split: str) -> Path:
+    """A folder of pt_* folders for the split (train, validation or test), unpacking archives if needed."""
+    archives = split_archives(source, split)
+    if not archives:
+        return source / f"{split}-pats"
     dest = work / "csv" / split
     for a in archives:
         extract_patients(a, dest)

@@ -1,11 +1,14 @@
 """The low-dose saturation benchmark: its summary by hand, its OpenKBP reader against the volumes the
 patients were written from, and its raw-dataset reader against nibabel's reading of the same files."""
+import subprocess
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 from benchmarks.low_dose_saturation import openkbp_values, raw_values, saturation
-from tests.conftest import TEMPLATE
+from tests.conftest import REPO, TEMPLATE
 from tests.openkbp_helpers import synthetic_patient
 
 
@@ -35,3 +38,16 @@ def test_raw_values_match_nibabel():
     (v5, dmean), = values["SpinalCord"]
     assert v5 == pytest.approx(100.0 * np.mean(dose[cord] >= 5.0))
     assert dmean == pytest.approx(dose[cord].mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad, message", [(["--openkbp", "/no/such"], "/no/such: neither validation-pats/ nor openkbp-validation"),
+                                          (["--raw", "/no/such/Dataset001_X"], "/no/such/Dataset001_X/dataset.json: file not found"),
+                                          (["--splits", "test"], "invalid choice: 'test'")])
+def test_bad_sources_refused_in_one_line_before_any_is_read(bad, message, tmp_path):
+    openkbp = tmp_path / "openkbp"
+    (openkbp / "validation-pats").mkdir(parents=True)   # the validation split, unpacked (no patients needed)
+    run = subprocess.run([sys.executable, "-m", "benchmarks.low_dose_saturation", "-o", str(tmp_path / "r.json"),
+                          "--openkbp", str(openkbp), *bad], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2 and run.stderr.startswith("benchmarks.low_dose_saturation: error: ")
+    assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists() and "plan/s" not in run.stderr   # no progress bar: nothing read

@@ -77,9 +77,9 @@ def _main(argv) -> None:
     ap.add_argument("--flag_metrics", nargs="+", default=list(DEFAULT_ORGAN_FLAG_METRICS), metavar="METRIC",
                     help=f"the organ-at-risk metrics an organ is flagged on, of {', '.join(m.name for m in OAR_METRICS)} "
                          f"(default {' '.join(DEFAULT_ORGAN_FLAG_METRICS)}, which sums up the whole DVH); the others are "
-                         "shown. Each one added shares the false alarms, so flags on every one get rarer. 'Dmean V5Gy' "
-                         "also sees more low dose in organs away from the targets (a V-x at 100 %% cannot rise). Targets "
-                         "are flagged on all their metrics")
+                         "shown. Each one added shares the false alarms, so flags on every one get rarer ('Dmean V5Gy' "
+                         "helped on one phantom benchmark and not on another, see the README; a V-x at 100 %% cannot "
+                         "rise). Targets are flagged on all their metrics")
     ap.add_argument("--false_alarm_percent", type=float,
                     help="margins learnt on the folds' validation cases (or the --calibration_cases) so that at most "
                          "this %% of the structures of plans made like the training plans are flagged (default 5)")

@@ -14,6 +14,7 @@ import numpy as np
 OAR_POINTS = ("D_0.1_cc", "mean")
 TARGET_POINTS = ("D_99", "D_95", "D_1")
 ISODOSE_LEVELS = tuple(round(0.1 * k, 1) for k in range(1, 11))
+V_LEVELS_GY = (5, 20, 30, 40)   # the organs' V-x points: % of the organ at x Gy or more
 
 
 def openkbp_dose_error(reference: np.ndarray, prediction: np.ndarray, body: np.ndarray) -> float:
@@ -39,7 +40,7 @@ def dvh_points(dose_in_structure: np.ndarray, kind: str, voxel_mm3: float) -> di
     out = {f"D{p}": float(np.percentile(d, 100 - p)) for p in (99, 98, 95, 50, 2, 1)}
     out.update({"Dmax": float(d.max()), "Dmean": float(d.mean()), "D0.1cc": d_tenth_cc(d, voxel_mm3)})
     if kind == "oar":
-        out.update({f"V{v}Gy": float(np.mean(d >= v) * 100) for v in (5, 20, 30, 40)})
+        out.update({f"V{v}Gy": float(np.mean(d >= v) * 100) for v in V_LEVELS_GY})
     return out
 
 

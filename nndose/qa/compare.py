@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from nndose.errors import NndoseError
-from nndose.evaluation.metrics import dvh_points
+from nndose.evaluation.metrics import V_LEVELS_GY, dvh_points
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class MetricSpec:
 
 
 OAR_METRICS = (MetricSpec("Dmean", "Gy", True), MetricSpec("D0.1cc", "Gy", True), MetricSpec("D2", "Gy", True),
-               *(MetricSpec(f"V{v}Gy", "%", True, float(v)) for v in (5, 20, 30, 40)))
+               *(MetricSpec(f"V{v}Gy", "%", True, float(v)) for v in V_LEVELS_GY))
 TARGET_METRICS = (MetricSpec("D95", "Gy", False), MetricSpec("D98", "Gy", False), MetricSpec("D2", "Gy", True))
 METRICS = {"target": TARGET_METRICS, "oar": OAR_METRICS}
 KIND_NAMES = {"oar": "organs at risk", "target": "targets"}   # the kinds QA checks, in words

@@ -5,7 +5,7 @@ import torch
 
 from nndose.evaluation.metrics import (conformity_index, d_tenth_cc, dice, homogeneity_index, isodose_dice,
                                        openkbp_dose_error, openkbp_dvh_points)
-from nndose.training.losses import dvh_loss, masked_mae, masked_mse, soft_dvh
+from nndose.training.losses import dvh_loss, masked_mae, masked_mse, organ_mean_loss, soft_dvh
 
 
 def test_masked_mae_and_mse_by_hand():
@@ -23,6 +23,21 @@ def test_soft_dvh_matches_hand_histogram():
     curve = soft_dvh(dose, mask, thresholds, width=1e-3)[0, 0]
     # fraction of the 5 masked voxels at or above each threshold (the 2.0 Gy voxel is outside the mask)
     assert curve.tolist() == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.0], abs=1e-4)
+
+
+def test_organ_mean_loss_is_the_error_of_the_mean_not_of_the_voxels():
+    target = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, 0.2]).view(1, 1, 1, 1, 6)
+    masks = torch.zeros(1, 3, 1, 1, 6)
+    masks[0, 0, ..., :4] = 1   # organ 1: voxels 0-3
+    masks[0, 1, ..., 4:] = 1   # organ 2: voxels 4-5
+    # organ 1: +0.3, -0.3, +0.3, -0.3 (mean error 0, though every voxel is 0.3 off); organ 2: +0.1, +0.3 (0.2);
+    # organ 3 is absent and ignored: (0 + 0.2) / 2
+    pred = (target + torch.tensor([0.3, -0.3, 0.3, -0.3, 0.1, 0.3]).view(1, 1, 1, 1, 6)).requires_grad_(True)
+    loss = organ_mean_loss(pred, target, masks)
+    assert loss.item() == pytest.approx(0.1, abs=1e-6)
+    loss.backward()
+    assert torch.allclose(pred.grad[0, 0, 0, 0], torch.tensor([0.0, 0.0, 0.0, 0.0, 0.25, 0.25]))
+    assert organ_mean_loss(pred, target, torch.zeros(1, 2, 1, 1, 6)).item() == 0.0
 
 
 def test_dvh_loss_value_and_gradient():

@@ -34,7 +34,7 @@ def _trainer(root, cls="nndoseTrainer", fold="all", **settings):
     return t
 
 
-@pytest.mark.parametrize("cls", ["nndoseTrainer", "nndoseTrainer_MAE_DVH", "nndoseTrainer_MSE"])
+@pytest.mark.parametrize("cls", ["nndoseTrainer", "nndoseTrainer_MAE_DVH", "nndoseTrainer_MSE", "nndoseTrainer_MAE_OrganMean"])
 def test_training_lowers_the_loss(env, cls):
     torch.manual_seed(0)
     t = _trainer(env, cls)

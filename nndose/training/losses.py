@@ -1,4 +1,5 @@
-"""Losses on dose / reference dose: masked MAE and MSE inside the body, and a differentiable DVH term.
+"""Losses on dose / reference dose: masked MAE and MSE inside the body, the error of the structures' mean
+dose, and a differentiable DVH term.
 
 The DVH term follows DeepDoseNet (Soomro et al.) and Nguyen et al.: for each structure s and dose
 threshold t, the fraction of the structure receiving at least t is smoothed with a sigmoid,
@@ -17,6 +18,19 @@ def masked_mae(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((pred - target) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def organ_mean_loss(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of each structure's mean dose, over the (sample, structure) pairs whose mask
+    (B, K, ...) is not empty: pred and target (B, 1, ...)."""
+    b, k = masks.shape[:2]
+    m = masks.reshape(b, k, -1).float()
+    volume = m.sum(-1)
+    present = volume > 0
+    if not present.any():
+        return pred.sum() * 0.0
+    diff = torch.einsum("bkn,bn->bk", m, (pred - target).reshape(b, -1).float()) / volume.clamp_min(1.0)
+    return diff.abs()[present].mean()
 
 
 def soft_dvh(dose: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor, width: float) -> torch.Tensor:

@@ -5,8 +5,14 @@ import torch
 
 from nndose.errors import NndoseError
 from nndose.plans import ORGAN_PREFIX
-from nndose.training.losses import dvh_loss, masked_mae, masked_mse
+from nndose.training.losses import dvh_loss, masked_mae, masked_mse, organ_mean_loss
 from nndose.training.trainer import nndoseTrainer
+
+
+def organ_masks(image: torch.Tensor, channels) -> torch.Tensor:
+    """The organ channels of the input (B, organs, ...) as 0/1 masks."""
+    organs = [i for i, c in enumerate(channels) if c.startswith(ORGAN_PREFIX)]
+    return (image[:, organs] > 0.5).float() if organs else image[:, :0]
 
 
 class nndoseTrainer_MSE(nndoseTrainer):
@@ -21,8 +27,7 @@ class nndoseTrainer_MAE_DVH(nndoseTrainer):
     dvh_width = 0.02
 
     def structure_masks(self, image: torch.Tensor) -> torch.Tensor:
-        organs = [i for i, c in enumerate(self.channels) if c.startswith(ORGAN_PREFIX)]
-        masks = (image[:, organs] > 0.5).float() if organs else image[:, :0]
+        masks = organ_masks(image, self.channels)
         if "prescription" in self.channels:
             rx = image[:, self.channels.index("prescription")].unsqueeze(1)
             masks = torch.cat([masks, (rx > 0.5).float()], dim=1)
@@ -33,6 +38,16 @@ class nndoseTrainer_MAE_DVH(nndoseTrainer):
         dvh = dvh_loss(pred * body, target * body, self.structure_masks(image),
                        self.dvh_thresholds.to(pred.device), self.dvh_width)
         return masked_mae(pred, target, body) + self.dvh_weight * dvh
+
+
+class nndoseTrainer_MAE_OrganMean(nndoseTrainer):
+    """MAE + the error of each organ's mean dose inside the patch, the metric plan QA flags organs on."""
+    organ_mean_weight = 1.0
+
+    def compute_loss(self, pred, target, image):
+        body = self.body_mask(image)
+        organ_mean = organ_mean_loss(pred * body, target * body, organ_masks(image, self.channels))
+        return masked_mae(pred, target, body) + self.organ_mean_weight * organ_mean
 
 
 class nndoseTrainer_5epochs(nndoseTrainer):

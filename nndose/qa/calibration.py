@@ -24,9 +24,10 @@ metric's spread) is kept. A kind where no level gets there stays uncalibrated.
 Plans made like the training plans then have at most about `false_alarm` of their structures flagged
 (exchangeable cases). The margins are learnt on single folds and used on the ensemble: measured, the
 ensemble errs on new plans about as much as one fold (organ mean dose, sd in % of Rx, one fold on its
-validation cases against the ensemble on the plan-QA benchmark's normal test plans: 2.25 against 2.05 and
-2.63 (120-epoch CPU folds), 2.67 against 2.39 and 3.05 (40-epoch) on pyRadPlan's plans, 5.52 against 5.14 on the phantom engine's), as
-the folds' spread is small beside the error they share, so the margins carry over.
+validation cases against the ensemble on the plan-QA benchmark's normal test plans: on pyRadPlan's plans
+2.25 against 2.05 and 2.63 with 120-epoch CPU folds, 2.67 against 2.39 and 3.05 with 40-epoch ones; on
+the phantom engine's 5.52 against 5.14), as the folds' spread is small beside the error they share, so
+the margins carry over.
 """
 from __future__ import annotations
 

@@ -37,8 +37,10 @@ then `--reuse --engine pyradplan --beam_per_delivery` on the same test plans.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +55,9 @@ from nndose.devices import resolve_device
 from nndose.errors import NndoseError
 from nndose.inference.predictor import DosePredictor
 from nndose.io.atomic import staged_directory
-from nndose.io.layout import DATASET_JSON, FOLDS, PLAN_FILE, PLANS_FILE
+from nndose.io.layout import DATASET_JSON, FOLDS, PLAN_FILE, PLANS_FILE, TRAIN_DIR
 from nndose.io.plan_file import load_plan
-from nndose.io.raw_dataset import list_cases, write_case
+from nndose.io.raw_dataset import list_cases, load_dataset_json, write_case, write_dataset_json
 from nndose.parallel import map_with_progress
 from nndose.paths import find_dataset, preprocessed_root, raw_root, require_dataset
 from nndose.qa.calibration import DEFAULT_FALSE_ALARM, calibrate, validation_cases
@@ -71,6 +73,7 @@ TOLERANCES = ((1.0, 1.5), (1.5, 2.0), (2.0, 3.0), (3.0, 4.5), (4.0, 6.0), (5.0, 
 # excess separated its degraded organs best, AUC 0.95 against Dmean's 0.93): confirmed with --first_test
 LOW_DOSE_FLAG_METRICS = (("V5Gy",), ("Dmean", "V5Gy"))
 DATASET_IDS = {"phantom_engine": 970, "pyradplan": 975}   # + 1 with one beam channel per delivery
+EXTRA_FIRST = 1000   # --extra_training phantoms are numbered from here, past any test set
 
 
 def _plan_twice(job: tuple) -> tuple[str, dict | None]:
@@ -95,9 +98,25 @@ def write_test_sets(first: int, n: int, seed: int, percent: float, out: Path, nu
 
 
 def _write_phantom(job: tuple) -> None:
-    index, seed, out = job
-    anatomy, plan, _ = make_case(index, seed, STYLES["standard"], sites=SITES, modalities=MODALITIES)
-    write_case(out / f"phantom_{index:03d}", anatomy.grid, anatomy.ct, anatomy.structures, plan)   # dose: pyRadPlan's
+    """Phantom `index` in the model's style under out/; its dose the phantom engine's, or none (pyRadPlan's to come)."""
+    index, seed, out, with_dose = job
+    anatomy, plan, dose = make_case(index, seed, STYLES["standard"], sites=SITES, modalities=MODALITIES)
+    write_case(out / f"phantom_{index:03d}", anatomy.grid, anatomy.ct, anatomy.structures, plan,
+               dose if with_dose else None)
+
+
+def add_training_phantoms(raw: Path, first: int, n: int, seed: int, num_processes: int = 1) -> None:
+    """Phantoms first..first+n-1 added to raw dataset `raw`'s training cases (built aside, moved in when
+    whole); dataset.json's count follows."""
+    staging = raw / ".extra_training.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    map_with_progress(_write_phantom, [(i, seed, staging, True) for i in range(first, first + n)], num_processes,
+                      "more training phantoms")
+    for case in sorted(staging.iterdir()):
+        os.replace(case, raw / TRAIN_DIR / case.name)
+    staging.rmdir()
+    write_dataset_json(raw, replace(load_dataset_json(raw), num_training=len(list_cases(raw, TRAIN_DIR))))
 
 
 def write_test_sets_pyradplan(first: int, n: int, seed: int, percent: float, out: Path, raw: Path, python: Path,
@@ -109,7 +128,7 @@ def write_test_sets_pyradplan(first: int, n: int, seed: int, percent: float, out
     with staged_directory(out, replace=True) as staging:
         (staging / "standard").mkdir()
         shutil.copyfile(raw / DATASET_JSON, staging / DATASET_JSON)   # the dose script's structure kinds
-        map_with_progress(_write_phantom, [(i, seed, staging / "standard") for i in range(first, first + n)],
+        map_with_progress(_write_phantom, [(i, seed, staging / "standard", False) for i in range(first, first + n)],
                           num_processes, "test phantoms")
         records = replan(list_cases(staging, "standard"), python, num_processes,
                          ("--degrade_percent", f"{percent:g}", "--degraded_into", str(staging / "degraded"),
@@ -226,6 +245,13 @@ def training_dataset(args, work: Path, python: Path | None) -> tuple[int, dict]:
     if phantom_raw is None:
         phantom_raw = pipeline.phantoms(DATASET_IDS["phantom_engine"], "QA", args.n, seed=21, num_processes=args.np,
                                         test_fraction=0.0, sites=SITES, modalities=MODALITIES)
+        if args.extra_training:
+            add_training_phantoms(phantom_raw, EXTRA_FIRST, args.extra_training, 21, args.np)
+    held = len(list_cases(phantom_raw, TRAIN_DIR))
+    if held != args.n + args.extra_training:
+        raise NndoseError(f"the work folder's phantoms are {held}, not --n {args.n} + --extra_training "
+                          f"{args.extra_training}: run without --reuse")
+    made["extra_training_phantoms"] = args.extra_training
     raw, dataset_id = phantom_raw, DATASET_IDS[args.engine]
     if args.engine == "pyradplan":
         raw = find_dataset(raw_root(), dataset_id)
@@ -241,7 +267,8 @@ def training_dataset(args, work: Path, python: Path | None) -> tuple[int, dict]:
     preprocessed = find_dataset(preprocessed_root(), dataset_id)
     if not (args.reuse and preprocessed is not None and (preprocessed / PLANS_FILE).is_file()):
         pipeline.plan(dataset_id, args.small_network, num_processes=args.np,
-                      **({"beam_per_delivery": True} if args.beam_per_delivery else {}))
+                      **({"beam_per_delivery": True} if args.beam_per_delivery else {}),
+                      **({"max_batch": args.max_batch} if args.max_batch else {}))
     return dataset_id, made
 
 
@@ -257,6 +284,10 @@ def main() -> None:
     ap.add_argument("--first_test", type=int, default=None,
                     help="index of the first held-out phantom (default: right after the training phantoms); "
                          "one past the first test set plans a fresh one beside it, e.g. to confirm a rule chosen on it")
+    ap.add_argument("--extra_training", type=int, default=0,
+                    help=f"more training phantoms beside the --n: phantoms {EXTRA_FIRST} on (same seed), past every test set")
+    ap.add_argument("--max_batch", type=int, default=None,
+                    help="batch size at most this (e.g. 2 to keep the batch of a smaller training set)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the work folder's dataset, trained folds and test sets (QA again, e.g. after a change of the flag rule)")
     args = ap.parse_args()
@@ -270,6 +301,8 @@ def main() -> None:
     if args.n < first_test < args.n + args.n_test:
         raise NndoseError(f"--first_test {first_test} would share phantoms with the first test set "
                           f"({args.n}..{args.n + args.n_test - 1}): start at {args.n + args.n_test} or later")
+    if args.extra_training < 0 or first_test + args.n_test > EXTRA_FIRST:
+        raise NndoseError(f"--extra_training must be >= 0 and the test phantoms end before {EXTRA_FIRST}")
     fresh = "" if first_test == args.n else f"_from_{first_test}"
     python = pyradplan_python(args.pyradplan_python) if args.engine == "pyradplan" else None
     start = time.time()
@@ -313,7 +346,8 @@ def main() -> None:
         return score(rerun["standard"], rerun["degraded"], truth["degraded"])
     default = calibrate(oof, DEFAULT_FALSE_ALARM)
     test_techniques = {c.name: technique(load_plan(c / PLAN_FILE)) for c in list_cases(sets, "standard")}
-    result = {"phantoms_trained": args.n, "dataset": made, "trainer": args.trainer, "folds": len(FOLDS), "epochs": args.epochs,
+    result = {"phantoms_trained": args.n + args.extra_training, "dataset": made, "trainer": args.trainer,
+              "folds": len(FOLDS), "epochs": args.epochs,
               "iterations_per_epoch": args.iterations, "first_test_phantom": first_test,
               "small_network": args.small_network, "degradation_percent_of_rx": args.degradation_percent,
               "test_sets": truth, "validation_cases": len(oof),

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.plan_qa import metric_aucs, separability, technique, write_test_sets_pyradplan
+from benchmarks.plan_qa import (MODALITIES, SITES, add_training_phantoms, metric_aucs, separability, technique,
+                                write_test_sets_pyradplan)
 from nndose.datasets.phantom_anatomy import phantom_kinds
 from nndose.errors import NndoseError
-from nndose.io.raw_dataset import DatasetInfo, write_dataset_json
+from nndose.datasets.phantoms import generate_phantom_dataset
+from nndose.io.raw_dataset import DatasetInfo, list_cases, load_dataset_json, read_case, write_dataset_json
 from nndose.io.plan_file import Machine, Prescription, StaticBeam, TreatmentPlan
 from nndose.qa.compare import Tolerance, compare_case
 
@@ -87,6 +89,7 @@ def test_technique_names_site_modality_and_a_turned_couch():
                                           (["--engine", "pyradplan", "--pyradplan_python", "/no/python"],
                                            "no such Python for pyRadPlan"),
                                           (["--first_test", "3"], "--first_test 3 would test on training phantoms (0..4)"),
+                                          (["--extra_training", "-1"], "--extra_training must be >= 0"),
                                           (["--first_test", "8", "--n_test", "4"],
                                            "would share phantoms with the first test set (5..8): start at 9 or later")])
 def test_bad_arguments_refused_in_one_line_before_any_work(bad, message, tmp_path):
@@ -144,3 +147,18 @@ def test_pyradplan_test_sets_failing_leave_nothing(tmp_path, stand_in_python, mo
     with pytest.raises(NndoseError, match="pyRadPlan failed on phantom_060..phantom_060: error: stand-in failure"):
         write_test_sets_pyradplan(60, 1, 21, 5.0, tmp_path / "sets", _raw_with_kinds(tmp_path / "raw"), stand_in_python)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "stand_in_python"]
+
+
+def test_extra_training_phantoms_join_the_training_cases_past_every_test_set(tmp_path):
+    raw = tmp_path / "Dataset999_QA"
+    generate_phantom_dataset(raw, 2, seed=21, test_fraction=0.0, num_processes=1, progress=False, sites=SITES,
+                             modalities=MODALITIES)
+    add_training_phantoms(raw, 1000, 1, 21)
+    cases = list_cases(raw)
+    assert [c.name for c in cases] == ["phantom_000", "phantom_001", "phantom_1000"]
+    info = load_dataset_json(raw)
+    assert info.num_training == 3
+    assert not list(raw.glob(".extra*"))                         # nothing staged left
+    case, problems = read_case(cases[2], info, True)
+    assert not problems and case.dose is not None and float(case.dose.max()) > 0
+    assert not np.array_equal(case.ct, read_case(cases[0], info, True)[0].ct)   # another anatomy

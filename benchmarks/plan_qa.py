@@ -55,7 +55,8 @@ from nndose.devices import resolve_device
 from nndose.errors import NndoseError
 from nndose.inference.predictor import DosePredictor
 from nndose.io.atomic import staged_directory
-from nndose.io.layout import DATASET_JSON, FOLDS, PLAN_FILE, PLANS_FILE, TRAIN_DIR
+from nndose.io.layout import (DATASET_JSON, FOLDS, PLAN_FILE, PLANS_FILE, SUMMARY_FILE, TRAIN_DIR, VALIDATION_DIR,
+                              fold_folder)
 from nndose.io.plan_file import load_plan
 from nndose.io.raw_dataset import list_cases, load_dataset_json, write_case, write_dataset_json
 from nndose.parallel import map_with_progress
@@ -236,6 +237,31 @@ def separability(standard: list, degraded: list, truth: dict, techniques: dict[s
             "by_technique": by_technique}
 
 
+def _organ_dmean_errors(cases: list[dict]) -> list[float]:
+    """Planned - predicted organ mean dose, in % of each case's reference dose (scored cases, score_case)."""
+    return [100 * (s["reference"]["Dmean"] - s["prediction"]["Dmean"]) / c["reference_dose_gy"]
+            for c in cases for s in c["structures"].values() if s["kind"] == "oar"]
+
+
+def fold_validation(model_dir: Path, folds, first_phantoms: int) -> dict:
+    """Each fold's validation: dose and DVH score, and the sd of its organs' mean-dose error in % of Rx;
+    pooled over the folds, of every validation case and of phantoms 0..first_phantoms-1 only (so that a
+    run with --extra_training compares with one without on the same phantoms)."""
+    out, pooled = {}, []
+    for fold in folds:
+        summary = json.loads((fold_folder(model_dir, fold) / VALIDATION_DIR / SUMMARY_FILE).read_text())
+        pooled += summary["cases"]
+        out[f"fold_{fold}"] = {"dose_score_gy": round(summary["aggregate"]["dose_score"], 4),
+                               "dvh_score_gy": round(summary["aggregate"]["dvh_score"], 4),
+                               "organ_dmean_error_sd_percent_of_rx": round(float(np.std(_organ_dmean_errors(summary["cases"]))), 3)}
+    first = [c for c in pooled if int(c["case"].rsplit("_", 1)[1]) < first_phantoms]
+    for label, cases in (("every validation case", pooled), (f"phantoms 0..{first_phantoms - 1}", first)):
+        errors = _organ_dmean_errors(cases)
+        out[label] = {"cases": len(cases), "organs": len(errors),
+                      "organ_dmean_error_sd_percent_of_rx": round(float(np.std(errors)), 3) if errors else None}
+    return out
+
+
 def training_dataset(args, work: Path, python: Path | None) -> tuple[int, dict]:
     """The id of the dataset the folds train on, planned and preprocessed (phantoms in the model's style,
     their dose from the chosen engine; one beam channel per delivery with --beam_per_delivery), and what
@@ -359,6 +385,7 @@ def main() -> None:
               "calibration": None if default is None else {k: v for k, v in default.to_json().items()
                                                            if k in ("organ_flag_metrics", "levels", "calibration_rate",
                                                                     "margin_units", "margins", "biases", "pooled_margins")}}
+    result["fold_validation"] = fold_validation(model, FOLDS, args.n)
     result["tolerance_sweep"] = {rule: {f"{gy:g} Gy / {percent:g} %": scored(Tolerance(gy, percent), cal)
                                         for gy, percent in TOLERANCES}
                                  for rule, cal in (("uncalibrated", None), ("calibrated 5 %", default))}

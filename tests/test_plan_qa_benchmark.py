@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.plan_qa import (MODALITIES, SITES, add_training_phantoms, metric_aucs, separability, technique,
-                                write_test_sets_pyradplan)
+from benchmarks.plan_qa import (MODALITIES, SITES, add_training_phantoms, fold_validation, metric_aucs, separability,
+                                technique, write_test_sets_pyradplan)
 from nndose.datasets.phantom_anatomy import phantom_kinds
 from nndose.errors import NndoseError
 from nndose.datasets.phantoms import generate_phantom_dataset
@@ -162,3 +162,26 @@ def test_extra_training_phantoms_join_the_training_cases_past_every_test_set(tmp
     case, problems = read_case(cases[2], info, True)
     assert not problems and case.dose is not None and float(case.dose.max()) > 0
     assert not np.array_equal(case.ct, read_case(cases[0], info, True)[0].ct)   # another anatomy
+
+
+def test_fold_validation_organ_error_in_percent_of_rx_by_hand(tmp_path):
+    """Fold 0: phantom_000 (Rx 60 Gy), rectum planned 30 Gy mean, predicted 27 (+5 % of Rx), PTV ignored;
+    fold 1: phantom_1000 (Rx 80 Gy), bladder 40 against 44 (-5 %), rectum 20 against 20 (0 %)."""
+    def organ(planned, predicted, kind="oar"):
+        return {"kind": kind, "reference": {"Dmean": planned}, "prediction": {"Dmean": predicted}}
+    folds = {"0": [{"case": "phantom_000", "reference_dose_gy": 60.0,
+                    "structures": {"Rectum": organ(30.0, 27.0), "PTV": organ(60.0, 50.0, "target")}}],
+             "1": [{"case": "phantom_1000", "reference_dose_gy": 80.0,
+                    "structures": {"Bladder": organ(40.0, 44.0), "Rectum": organ(20.0, 20.0)}}]}
+    for fold, cases in folds.items():
+        out = tmp_path / f"fold_{fold}" / "validation"
+        out.mkdir(parents=True)
+        (out / "summary.json").write_text(json.dumps({"aggregate": {"dose_score": 2.0, "dvh_score": 3.0},
+                                                      "cases": cases}))
+    v = fold_validation(tmp_path, ["0", "1"], 60)
+    assert v["fold_0"] == {"dose_score_gy": 2.0, "dvh_score_gy": 3.0, "organ_dmean_error_sd_percent_of_rx": 0.0}
+    assert v["fold_1"]["organ_dmean_error_sd_percent_of_rx"] == 2.5                 # -5 and 0
+    every = v["every validation case"]                                             # +5, -5, 0
+    assert (every["cases"], every["organs"]) == (2, 3)
+    assert every["organ_dmean_error_sd_percent_of_rx"] == pytest.approx(np.sqrt(50 / 3), abs=1e-3)
+    assert v["phantoms 0..59"] == {"cases": 1, "organs": 1, "organ_dmean_error_sd_percent_of_rx": 0.0}

@@ -59,6 +59,7 @@ from nndose.datasets.phantom_dose_engine import STYLES
 from nndose.datasets.phantoms import make_case, make_case_with_worse
 from nndose.devices import resolve_device
 from nndose.errors import NndoseError
+from nndose.evaluation.evaluate import aggregate
 from nndose.inference.predictor import DosePredictor
 from nndose.io.atomic import staged_directory
 from nndose.io.layout import (DATASET_JSON, FOLDS, PLAN_FILE, PLANS_FILE, SUMMARY_FILE, TRAIN_DIR, VALIDATION_DIR,
@@ -263,7 +264,9 @@ def fold_validation(model_dir: Path, folds, first_phantoms: int) -> dict:
     first = [c for c in pooled if int(c["case"].rsplit("_", 1)[1]) < first_phantoms]
     for label, cases in (("every validation case", pooled), (f"phantoms 0..{first_phantoms - 1}", first)):
         errors = _organ_dmean_errors(cases)
-        out[label] = {"cases": len(cases), "organs": len(errors),
+        scores = aggregate(cases) if cases else {"dose_score": None, "dvh_score": None}
+        out[label] = {"cases": len(cases), "organs": len(errors), "dose_score_gy": scores["dose_score"],
+                      "dvh_score_gy": scores["dvh_score"],
                       "organ_dmean_error_sd_percent_of_rx": round(float(np.std(errors)), 3) if errors else None}
     return out
 

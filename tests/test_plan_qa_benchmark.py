@@ -168,20 +168,26 @@ def test_fold_validation_organ_error_in_percent_of_rx_by_hand(tmp_path):
     """Fold 0: phantom_000 (Rx 60 Gy), rectum planned 30 Gy mean, predicted 27 (+5 % of Rx), PTV ignored;
     fold 1: phantom_1000 (Rx 80 Gy), bladder 40 against 44 (-5 %), rectum 20 against 20 (0 %)."""
     def organ(planned, predicted, kind="oar"):
-        return {"kind": kind, "reference": {"Dmean": planned}, "prediction": {"Dmean": predicted}}
-    folds = {"0": [{"case": "phantom_000", "reference_dose_gy": 60.0,
-                    "structures": {"Rectum": organ(30.0, 27.0), "PTV": organ(60.0, 50.0, "target")}}],
-             "1": [{"case": "phantom_1000", "reference_dose_gy": 80.0,
-                    "structures": {"Bladder": organ(40.0, 44.0), "Rectum": organ(20.0, 20.0)}}]}
+        return {"kind": kind, "reference": {"Dmean": planned}, "prediction": {"Dmean": predicted}, "mae_gy": 1.0}
+
+    def case(name, rx_gy, dose_score_gy, dvh_errors_gy, structures):
+        return {"case": name, "reference_dose_gy": rx_gy, "dose_error_openkbp": dose_score_gy, "mae_body_gy": 1.0,
+                "isodose_dice": {}, "openkbp_dvh_errors": {"Rectum": dict(enumerate(dvh_errors_gy))},
+                "structures": structures}
+    folds = {"0": [case("phantom_000", 60.0, 2.0, [1.0, 3.0],
+                        {"Rectum": organ(30.0, 27.0), "PTV": organ(60.0, 50.0, "target")})],
+             "1": [case("phantom_1000", 80.0, 4.0, [8.0], {"Bladder": organ(40.0, 44.0), "Rectum": organ(20.0, 20.0)})]}
     for fold, cases in folds.items():
         out = tmp_path / f"fold_{fold}" / "validation"
         out.mkdir(parents=True)
-        (out / "summary.json").write_text(json.dumps({"aggregate": {"dose_score": 2.0, "dvh_score": 3.0},
+        scores = {"0": (2.0, 2.0), "1": (4.0, 8.0)}[fold]   # as the trainer's aggregate of these cases
+        (out / "summary.json").write_text(json.dumps({"aggregate": dict(zip(("dose_score", "dvh_score"), scores)),
                                                       "cases": cases}))
     v = fold_validation(tmp_path, ["0", "1"], 60)
-    assert v["fold_0"] == {"dose_score_gy": 2.0, "dvh_score_gy": 3.0, "organ_dmean_error_sd_percent_of_rx": 0.0}
+    assert v["fold_0"] == {"dose_score_gy": 2.0, "dvh_score_gy": 2.0, "organ_dmean_error_sd_percent_of_rx": 0.0}
     assert v["fold_1"]["organ_dmean_error_sd_percent_of_rx"] == 2.5                 # -5 and 0
     every = v["every validation case"]                                             # +5, -5, 0
-    assert (every["cases"], every["organs"]) == (2, 3)
+    assert (every["cases"], every["organs"], every["dose_score_gy"], every["dvh_score_gy"]) == (2, 3, 3.0, 4.0)
     assert every["organ_dmean_error_sd_percent_of_rx"] == pytest.approx(np.sqrt(50 / 3), abs=1e-3)
-    assert v["phantoms 0..59"] == {"cases": 1, "organs": 1, "organ_dmean_error_sd_percent_of_rx": 0.0}
+    assert v["phantoms 0..59"] == {"cases": 1, "organs": 1, "dose_score_gy": 2.0, "dvh_score_gy": 2.0,
+                                   "organ_dmean_error_sd_percent_of_rx": 0.0}

@@ -250,24 +250,27 @@ def _organ_dmean_errors(cases: list[dict]) -> list[float]:
             for c in cases for s in c["structures"].values() if s["kind"] == "oar"]
 
 
+def _validation_scores(cases: list[dict]) -> dict:
+    """Dose and DVH score (nndose's aggregate) and the sd of the organ mean-dose error of scored cases."""
+    errors = _organ_dmean_errors(cases)
+    scores = aggregate(cases) if cases else {"dose_score": None, "dvh_score": None}
+    return {"cases": len(cases), "organs": len(errors),
+            **{f"{k}_gy": None if scores[k] is None else round(scores[k], 4) for k in ("dose_score", "dvh_score")},
+            "organ_dmean_error_sd_percent_of_rx": round(float(np.std(errors)), 3) if errors else None}
+
+
 def fold_validation(model_dir: Path, folds, first_phantoms: int) -> dict:
-    """Each fold's validation: dose and DVH score, and the sd of its organs' mean-dose error in % of Rx;
-    pooled over the folds, of every validation case and of phantoms 0..first_phantoms-1 only (so that a
-    run with --extra_training compares with one without on the same phantoms)."""
+    """Each fold's validation scores (_validation_scores); pooled over the folds, of every validation case
+    and of phantoms 0..first_phantoms-1 only (so that a run with --extra_training compares with one
+    without on the same phantoms)."""
     out, pooled = {}, []
     for fold in folds:
-        summary = json.loads((fold_folder(model_dir, fold) / VALIDATION_DIR / SUMMARY_FILE).read_text())
-        pooled += summary["cases"]
-        out[f"fold_{fold}"] = {"dose_score_gy": round(summary["aggregate"]["dose_score"], 4),
-                               "dvh_score_gy": round(summary["aggregate"]["dvh_score"], 4),
-                               "organ_dmean_error_sd_percent_of_rx": round(float(np.std(_organ_dmean_errors(summary["cases"]))), 3)}
+        cases = json.loads((fold_folder(model_dir, fold) / VALIDATION_DIR / SUMMARY_FILE).read_text())["cases"]
+        pooled += cases
+        out[f"fold_{fold}"] = _validation_scores(cases)
     first = [c for c in pooled if int(c["case"].rsplit("_", 1)[1]) < first_phantoms]
-    for label, cases in (("every validation case", pooled), (f"phantoms 0..{first_phantoms - 1}", first)):
-        errors = _organ_dmean_errors(cases)
-        scores = aggregate(cases) if cases else {"dose_score": None, "dvh_score": None}
-        out[label] = {"cases": len(cases), "organs": len(errors), "dose_score_gy": scores["dose_score"],
-                      "dvh_score_gy": scores["dvh_score"],
-                      "organ_dmean_error_sd_percent_of_rx": round(float(np.std(errors)), 3) if errors else None}
+    out["every validation case"] = _validation_scores(pooled)
+    out[f"phantoms 0..{first_phantoms - 1}"] = _validation_scores(first)
     return out
 
 
@@ -320,7 +323,8 @@ def main() -> None:
                     help="index of the first held-out phantom (default: right after the training phantoms); "
                          "one past the first test set plans a fresh one beside it, e.g. to confirm a rule chosen on it")
     ap.add_argument("--extra_training", type=int, default=0,
-                    help=f"more training phantoms beside the --n: phantoms {EXTRA_FIRST} on (same seed), past every test set")
+                    help=f"more training phantoms beside the --n: phantoms {EXTRA_FIRST} on (same seed), "
+                         "past every test set")
     ap.add_argument("--max_batch", type=int, default=None,
                     help="batch size at most this (e.g. 2 to keep the batch of a smaller training set)")
     ap.add_argument("--validation_only", action="store_true",
@@ -350,11 +354,11 @@ def main() -> None:
         model = pipeline.train(dataset_id, args.epochs, args.iterations, args.device, fold=fold, reuse=args.reuse,
                                trainer=args.trainer)
     trained = time.time()
+    setup = {"phantoms_trained": args.n + args.extra_training, "dataset": made, "trainer": args.trainer,
+             "folds": len(FOLDS), "epochs": args.epochs, "iterations_per_epoch": args.iterations,
+             "small_network": args.small_network}
     if args.validation_only:   # how well the folds predict their validation phantoms, without test plans
-        pipeline.write_result(args.o, {"phantoms_trained": args.n + args.extra_training, "dataset": made,
-                                       "trainer": args.trainer, "folds": len(FOLDS), "epochs": args.epochs,
-                                       "iterations_per_epoch": args.iterations, "small_network": args.small_network,
-                                       "fold_validation": fold_validation(model, FOLDS, args.n),
+        pipeline.write_result(args.o, {**setup, "fold_validation": fold_validation(model, FOLDS, args.n),
                                        "seconds": {"train": trained - start}})
         return
     engine_tag = "" if args.engine == "phantom_engine" else f"{args.engine}_"
@@ -390,10 +394,7 @@ def main() -> None:
         return score(rerun["standard"], rerun["degraded"], truth["degraded"])
     default = calibrate(oof, DEFAULT_FALSE_ALARM)
     test_techniques = {c.name: technique(load_plan(c / PLAN_FILE)) for c in list_cases(sets, "standard")}
-    result = {"phantoms_trained": args.n + args.extra_training, "dataset": made, "trainer": args.trainer,
-              "folds": len(FOLDS), "epochs": args.epochs,
-              "iterations_per_epoch": args.iterations, "first_test_phantom": first_test,
-              "small_network": args.small_network, "degradation_percent_of_rx": args.degradation_percent,
+    result = {**setup, "first_test_phantom": first_test, "degradation_percent_of_rx": args.degradation_percent,
               "test_sets": truth, "validation_cases": len(oof),
               "default_rule": scored(Tolerance(), default),
               "separability": separability(runs["standard"], runs["degraded"], truth["degraded"], test_techniques,

@@ -180,12 +180,12 @@ def test_fold_validation_organ_error_in_percent_of_rx_by_hand(tmp_path):
     for fold, cases in folds.items():
         out = tmp_path / f"fold_{fold}" / "validation"
         out.mkdir(parents=True)
-        scores = {"0": (2.0, 2.0), "1": (4.0, 8.0)}[fold]   # as the trainer's aggregate of these cases
-        (out / "summary.json").write_text(json.dumps({"aggregate": dict(zip(("dose_score", "dvh_score"), scores)),
-                                                      "cases": cases}))
+        (out / "summary.json").write_text(json.dumps({"cases": cases}))
     v = fold_validation(tmp_path, ["0", "1"], 60)
-    assert v["fold_0"] == {"dose_score_gy": 2.0, "dvh_score_gy": 2.0, "organ_dmean_error_sd_percent_of_rx": 0.0}
-    assert v["fold_1"]["organ_dmean_error_sd_percent_of_rx"] == 2.5                 # -5 and 0
+    assert v["fold_0"] == {"cases": 1, "organs": 1, "dose_score_gy": 2.0, "dvh_score_gy": 2.0,
+                           "organ_dmean_error_sd_percent_of_rx": 0.0}
+    assert v["fold_1"] == {"cases": 1, "organs": 2, "dose_score_gy": 4.0, "dvh_score_gy": 8.0,
+                           "organ_dmean_error_sd_percent_of_rx": 2.5}                 # -5 and 0
     every = v["every validation case"]                                             # +5, -5, 0
     assert (every["cases"], every["organs"], every["dose_score_gy"], every["dvh_score_gy"]) == (2, 3, 3.0, 4.0)
     assert every["organ_dmean_error_sd_percent_of_rx"] == pytest.approx(np.sqrt(50 / 3), abs=1e-3)

@@ -75,11 +75,16 @@ def copy_raw(src: Path, dataset_id: int, name: str) -> Path:
     return dst
 
 
+def planner_options(small_network: bool, **options) -> PlannerOptions:
+    """The demo's CPU plan or the default one, `options` overriding PlannerOptions fields (e.g.
+    beam_channels=False, max_batch=4); checked as PlannerOptions checks them."""
+    return replace(CPU_PLANNER if small_network else PlannerOptions(), **options)
+
+
 def plan(dataset_id: int, small_network: bool, num_processes: int = 2, configs: tuple[str, ...] = ("3d_fullres",),
          **options) -> None:
-    """Plan and preprocess; `small_network` takes the demo's CPU plan, `options` override PlannerOptions
-    fields (e.g. beam_channels=False, max_batch=4)."""
-    planner = replace(CPU_PLANNER if small_network else PlannerOptions(), **options)
+    """Plan and preprocess with planner_options(small_network, **options)."""
+    planner = planner_options(small_network, **options)
     plan_and_preprocess(dataset_id, planner, PreprocessingRun(configurations=tuple(configs), num_processes=num_processes))
 
 

@@ -306,7 +306,7 @@ def training_dataset(args, work: Path, python: Path | None) -> tuple[int, dict]:
     if not (args.reuse and preprocessed is not None and (preprocessed / PLANS_FILE).is_file()):
         pipeline.plan(dataset_id, args.small_network, num_processes=args.np,
                       **({"beam_per_delivery": True} if args.beam_per_delivery else {}),
-                      **({"max_batch": args.max_batch} if args.max_batch else {}))
+                      **({"max_batch": args.max_batch} if args.max_batch is not None else {}))
     return dataset_id, made
 
 
@@ -342,6 +342,8 @@ def main() -> None:
     if args.n < first_test < args.n + args.n_test:
         raise NndoseError(f"--first_test {first_test} would share phantoms with the first test set "
                           f"({args.n}..{args.n + args.n_test - 1}): start at {args.n + args.n_test} or later")
+    if args.max_batch is not None:
+        pipeline.planner_options(args.small_network, max_batch=args.max_batch)   # a bad one refused before any work
     if args.extra_training < 0 or first_test + args.n_test > EXTRA_FIRST:
         raise NndoseError(f"--extra_training must be >= 0 and the test phantoms end before {EXTRA_FIRST}")
     fresh = "" if first_test == args.n else f"_from_{first_test}"

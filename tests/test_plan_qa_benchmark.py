@@ -90,6 +90,7 @@ def test_technique_names_site_modality_and_a_turned_couch():
                                            "no such Python for pyRadPlan"),
                                           (["--first_test", "3"], "--first_test 3 would test on training phantoms (0..4)"),
                                           (["--extra_training", "-1"], "--extra_training must be >= 0"),
+                                          (["--max_batch", "0"], "--max_batch and --encoder_blocks must be positive"),
                                           (["--first_test", "8", "--n_test", "4"],
                                            "would share phantoms with the first test set (5..8): start at 9 or later")])
 def test_bad_arguments_refused_in_one_line_before_any_work(bad, message, tmp_path):
